@@ -1,0 +1,1 @@
+//! HLS and DASH manifest text from a catalog.

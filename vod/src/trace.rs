@@ -1,0 +1,1 @@
+//! Network traces and movie descriptions for ABR simulation (formats in `shared/traces/README.md`).
