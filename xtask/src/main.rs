@@ -1,1 +1,37 @@
-fn main() {}
+//! `cargo xtask demo [--serve]`, `cargo xtask test`, `cargo xtask deps`,
+//! `cargo xtask media`. Each installs what it needs before it builds, so the
+//! two README commands work on a fresh Debian 12 machine.
+
+mod demo;
+mod env;
+
+use anyhow::{bail, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("demo") => demo::run(args[1..].iter().any(|a| a == "--serve")),
+        Some("test") => test(),
+        Some("deps") => env::install_system_deps(),
+        Some("media") => env::bbb_clip().map(|p| println!("{}", p.display())),
+        Some("bench") => bail!(
+            "no benchmark is defined yet; `cargo xtask bench NAME` will run one side by side with its baseline and write target/bench/NAME.json"
+        ),
+        _ => {
+            eprintln!("usage: cargo xtask <demo [--serve] | test | deps | media>");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Installs system packages, checks formatting and lints, builds the
+/// binaries the end-to-end tests start, and runs every test.
+fn test() -> Result<()> {
+    env::install_system_deps()?;
+    env::cargo(&["fmt", "--all", "--check"])?;
+    env::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    env::cargo(&["build", "--workspace", "--bins"])?;
+    env::cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    println!("xtask test: all checks and tests passed");
+    Ok(())
+}
