@@ -29,14 +29,10 @@ pub struct AudioTrack {
 
 impl AudioTrack {
     /// Opens decoder, resampler and encoder for `params`.
-    pub fn new(
-        params: codec::Parameters,
-        in_tb: Rational,
-        out: PathBuf,
-        segment_ms: u64,
-    ) -> Result<Self, EncodeError> {
-        let mut decoder =
-            codec::context::Context::from_parameters(params).and_then(|c| c.decoder().audio()).map_err(ff("opening the audio decoder"))?;
+    pub fn new(params: codec::Parameters, in_tb: Rational, out: PathBuf, segment_ms: u64) -> Result<Self, EncodeError> {
+        let mut decoder = codec::context::Context::from_parameters(params)
+            .and_then(|c| c.decoder().audio())
+            .map_err(ff("opening the audio decoder"))?;
         decoder.set_packet_time_base(in_tb);
         let codec = encoder::find_by_name("aac").ok_or(EncodeError::MissingCodec("aac"))?;
         let mut enc = codec::context::Context::new_with_codec(codec).encoder().audio().map_err(ff("creating aac"))?;

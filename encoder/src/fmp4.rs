@@ -176,8 +176,8 @@ fn track_info(data: &[u8], moov: &Range<usize>) -> Result<TrackInfo, Mp4Error> {
         r.take(8)?;
     }
     let timescale = r.u32()?;
-    let stsd = path(data, moov.clone(), &[b"trak", b"mdia", b"minf", b"stbl", b"stsd"])?
-        .ok_or(Mp4Error("no stsd".into()))?;
+    let stsd =
+        path(data, moov.clone(), &[b"trak", b"mdia", b"minf", b"stbl", b"stsd"])?.ok_or(Mp4Error("no stsd".into()))?;
     // stsd: version/flags, entry count, then sample entries.
     let entries = boxes(data, stsd.payload.start + 8..stsd.payload.end)?;
     let entry = entries.first().ok_or(Mp4Error("empty stsd".into()))?;

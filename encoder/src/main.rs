@@ -55,7 +55,8 @@ fn main() -> Result<()> {
     let store = LocalStore::new(store);
     let cat = encoder::encode_and_publish(&input, &title, &store, &settings)
         .with_context(|| format!("encoding {} as {title}", input.display()))?;
-    let rungs: Vec<String> = cat.video().iter().map(|r| format!("{}@{}k", r.id, r.average_bandwidth_bps / 1000)).collect();
+    let rungs: Vec<String> =
+        cat.video().iter().map(|r| format!("{}@{}k", r.id, r.average_bandwidth_bps / 1000)).collect();
     println!(
         "published {} ({:.1}s, {} segments per rendition; {}; audio: {})",
         cat.title,

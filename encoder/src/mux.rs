@@ -33,7 +33,12 @@ impl SegmentedMuxer {
     }
 
     /// Writes a packet stamped in `encoder_tb`; `starts_segment` closes the fragment before it.
-    pub fn write(&mut self, packet: &mut Packet, encoder_tb: Rational, starts_segment: bool) -> Result<(), EncodeError> {
+    pub fn write(
+        &mut self,
+        packet: &mut Packet,
+        encoder_tb: Rational,
+        starts_segment: bool,
+    ) -> Result<(), EncodeError> {
         if starts_segment && self.written {
             self.flush_fragment()?;
         }
@@ -49,7 +54,10 @@ impl SegmentedMuxer {
         // asks the mp4 muxer to close the current fragment (frag_custom).
         let ret = unsafe { ffmpeg_next::ffi::av_write_frame(self.octx.as_mut_ptr(), std::ptr::null_mut()) };
         if ret < 0 {
-            return Err(EncodeError::Ffmpeg { stage: "closing a fragment".into(), source: ffmpeg_next::Error::from(ret) });
+            return Err(EncodeError::Ffmpeg {
+                stage: "closing a fragment".into(),
+                source: ffmpeg_next::Error::from(ret),
+            });
         }
         Ok(())
     }

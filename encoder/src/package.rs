@@ -81,7 +81,10 @@ pub fn package(title: &TitleId, files: &EncodedFiles, segment_ms: u64) -> Result
     }
     // Aligned keyframes mean every rung has the same segment boundaries.
     if counts.windows(2).any(|w| w[0] != w[1]) {
-        return Err(EncodeError::Packaging { rendition: "video".into(), reason: format!("rungs disagree on segment count: {counts:?}") });
+        return Err(EncodeError::Packaging {
+            rendition: "video".into(),
+            reason: format!("rungs disagree on segment count: {counts:?}"),
+        });
     }
     if let Some(path) = &files.audio {
         let audio_id = RenditionId::new("audio").unwrap_or_else(|_| unreachable!("valid id"));

@@ -42,9 +42,13 @@ pub fn open_input(input: &Path) -> Result<format::context::Input, EncodeError> {
         return Err(EncodeError::InputMissing(input.to_owned()));
     }
     ffmpeg_next::init().map_err(ff("initialising ffmpeg"))?;
-    ffmpeg_next::log::set_level(if std::env::var_os("ENCODER_FFMPEG_DEBUG").is_some() { ffmpeg_next::log::Level::Debug } else { ffmpeg_next::log::Level::Error });
-    let ictx = format::input(input)
-        .map_err(|e| EncodeError::NotMedia { path: input.to_owned(), reason: e.to_string() })?;
+    ffmpeg_next::log::set_level(if std::env::var_os("ENCODER_FFMPEG_DEBUG").is_some() {
+        ffmpeg_next::log::Level::Debug
+    } else {
+        ffmpeg_next::log::Level::Error
+    });
+    let ictx =
+        format::input(input).map_err(|e| EncodeError::NotMedia { path: input.to_owned(), reason: e.to_string() })?;
     if ictx.streams().best(media::Type::Video).is_none() {
         return Err(EncodeError::NoVideo(input.to_owned()));
     }
@@ -116,9 +120,7 @@ pub fn encode(input: &Path, work: &Path, settings: &EncodeSettings) -> Result<En
             gop,
             preset: settings.preset.clone(),
         };
-        let handle = std::thread::Builder::new()
-            .name(format!("rung-{}", rung.id))
-            .spawn(move || encode_rung(s, rx))?;
+        let handle = std::thread::Builder::new().name(format!("rung-{}", rung.id)).spawn(move || encode_rung(s, rx))?;
         senders.push(tx);
         workers.push((rung.clone(), handle));
     }
@@ -189,7 +191,8 @@ pub fn encode(input: &Path, work: &Path, settings: &EncodeSettings) -> Result<En
         }
     }
     if result.is_ok() {
-        result = vdec.send_eof().map_err(ff("flushing the video decoder")).and_then(|_| send_frames(&mut vdec, &mut frames));
+        result =
+            vdec.send_eof().map_err(ff("flushing the video decoder")).and_then(|_| send_frames(&mut vdec, &mut frames));
     }
     drop(send_frames);
     drop(senders);

@@ -23,7 +23,13 @@ pub fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
 }
 
 /// Builds the response for `body` (the whole object) under `key`.
-pub fn object_response(method: &Method, headers: &HeaderMap, key: &ObjectKey, body: Bytes, etag: &str) -> Response<Body> {
+pub fn object_response(
+    method: &Method,
+    headers: &HeaderMap,
+    key: &ObjectKey,
+    body: Bytes,
+    etag: &str,
+) -> Response<Body> {
     let total = body.len() as u64;
     let mut b = Response::builder()
         .header(header::CONTENT_TYPE, key.content_kind().mime())
@@ -43,7 +49,8 @@ pub fn object_response(method: &Method, headers: &HeaderMap, key: &ObjectKey, bo
             (StatusCode::PARTIAL_CONTENT, body.slice(r.start as usize..=r.end as usize))
         }
         RangeOutcome::Unsatisfiable => {
-            let b = b.status(StatusCode::RANGE_NOT_SATISFIABLE).header(header::CONTENT_RANGE, format!("bytes */{total}"));
+            let b =
+                b.status(StatusCode::RANGE_NOT_SATISFIABLE).header(header::CONTENT_RANGE, format!("bytes */{total}"));
             return finish(b, Body::empty());
         }
     };
@@ -108,7 +115,8 @@ mod tests {
         let r = object_response(&Method::GET, &req(&[("range", "bytes=10-")]), &key(), body.clone(), "\"e\"");
         assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes */10");
-        let r = object_response(&Method::GET, &req(&[("if-none-match", "\"x\", \"e\"")]), &key(), body.clone(), "\"e\"");
+        let r =
+            object_response(&Method::GET, &req(&[("if-none-match", "\"x\", \"e\"")]), &key(), body.clone(), "\"e\"");
         assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
         let r = object_response(&Method::HEAD, &req(&[]), &key(), body, "\"e\"");
         assert_eq!(r.status(), StatusCode::OK);

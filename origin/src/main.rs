@@ -53,7 +53,8 @@ async fn main() -> Result<()> {
     if let Some(l) = listen {
         cfg.listen = l;
     }
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     eprintln!("origin listening on {}", listener.local_addr()?);
     origin::run(cfg, listener, shutdown_signal()).await.context("origin server")
 }

@@ -73,11 +73,8 @@ impl LocalStore {
     fn meta_of(m: &std::fs::Metadata) -> ObjectMeta {
         // Size plus modification time in nanoseconds, as nginx does: every
         // rewrite goes through a rename, so a changed object gets a new mtime.
-        let mtime = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
+        let mtime =
+            m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         ObjectMeta { len: m.len(), etag: format!("\"{:x}-{:x}\"", mtime, m.len()) }
     }
 

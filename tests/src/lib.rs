@@ -63,7 +63,13 @@ impl Service {
     /// Starts `program args…` and waits (up to `timeout`) for the line
     /// `<anything> listening on <addr>` on its stderr. All of its stderr is
     /// copied to `log_dir/<name>.log`.
-    pub fn start(name: &str, program: &Path, args: &[String], log_dir: &Path, timeout: Duration) -> Result<Self, StartError> {
+    pub fn start(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log_dir: &Path,
+        timeout: Duration,
+    ) -> Result<Self, StartError> {
         std::fs::create_dir_all(log_dir).map_err(|e| StartError(format!("creating {}: {e}", log_dir.display())))?;
         let log = log_dir.join(format!("{name}.log"));
         let mut cmd = Command::new(program);
@@ -80,7 +86,9 @@ impl Service {
                 let _ = child.kill();
                 let _ = child.wait();
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(StartError(format!("{name} did not report its address within {timeout:?}; its log:\n{tail}")));
+                return Err(StartError(format!(
+                    "{name} did not report its address within {timeout:?}; its log:\n{tail}"
+                )));
             }
         };
         Ok(Self { name: name.to_owned(), addr, child, log })
@@ -147,7 +155,11 @@ fn copy_log(stderr: impl Read, log: &Path, tx: mpsc::Sender<SocketAddr>) {
 /// Runs a command to completion, returning (status, stdout, stderr).
 pub fn run(program: &Path, args: &[String]) -> std::io::Result<(ExitStatus, String, String)> {
     let out = Command::new(program).args(args).stdin(Stdio::null()).output()?;
-    Ok((out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// Waits until `cond` holds, polling every 50 ms, for at most `timeout`.
@@ -168,12 +180,29 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// `width`x`height`, 25 fps, with a sine tone.
 pub fn generate_clip(out: &Path, seconds: u32, width: u32, height: u32) -> Result<(), StartError> {
     let args: Vec<String> = [
-        "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", &format!("testsrc2=size={width}x{height}:rate=25"),
-        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-        "-t", &seconds.to_string(),
-        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-        "-c:a", "aac", "-shortest",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        &format!("testsrc2=size={width}x{height}:rate=25"),
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100",
+        "-t",
+        &seconds.to_string(),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
     ]
     .iter()
     .map(|s| s.to_string())

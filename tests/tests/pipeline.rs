@@ -68,7 +68,17 @@ fn encode_clip(title: &str, seconds: u32) -> Fixture {
     stack::generate_clip(&clip, seconds, 640, 360).unwrap();
     let (status, out, err) = run(
         &bin("encoder"),
-        &[s("encode"), s("--input"), clip.display().to_string(), s("--title"), s(title), s("--store"), store.display().to_string(), s("--segment-seconds"), s("2")],
+        &[
+            s("encode"),
+            s("--input"),
+            clip.display().to_string(),
+            s("--title"),
+            s(title),
+            s("--store"),
+            store.display().to_string(),
+            s("--segment-seconds"),
+            s("2"),
+        ],
     )
     .unwrap();
     assert!(status.success(), "encoder failed: {out}\n{err}");
@@ -93,8 +103,17 @@ fn start_edge(f: &Fixture, name: &str, upstream: &str) -> Service {
         name,
         &bin("edge"),
         &[
-            s("serve"), s("--listen"), s("127.0.0.1:0"), s("--upstream"), s(upstream),
-            s("--ram-bytes"), s("100000000"), s("--name"), s(name), s("--token-secret"), s(SECRET),
+            s("serve"),
+            s("--listen"),
+            s("127.0.0.1:0"),
+            s("--upstream"),
+            s(upstream),
+            s("--ram-bytes"),
+            s("100000000"),
+            s("--name"),
+            s(name),
+            s("--token-secret"),
+            s(SECRET),
         ],
         &f.logs,
         WAIT,
@@ -107,11 +126,22 @@ fn start_steering(f: &Fixture, edges: &[(&Service, &str, &str)]) -> Service {
         "listen = \"127.0.0.1:0\"\ntoken_secret = \"{SECRET}\"\ntrust_forwarded_for = true\nprobe_interval_ms = 200\nprobe_timeout_ms = 200\nprobe_failures_to_down = 1\n"
     );
     for (e, site, prefix) in edges {
-        cfg.push_str(&format!("\n[[edges]]\nname = \"{}\"\nurl = \"{}\"\nsite = \"{site}\"\nprefixes = [\"{prefix}\"]\n", e.name, e.url()));
+        cfg.push_str(&format!(
+            "\n[[edges]]\nname = \"{}\"\nurl = \"{}\"\nsite = \"{site}\"\nprefixes = [\"{prefix}\"]\n",
+            e.name,
+            e.url()
+        ));
     }
     let path = f.work.join("steering.toml");
     std::fs::write(&path, cfg).unwrap();
-    Service::start("steering", &bin("steering"), &[s("serve"), s("--config"), path.display().to_string()], &f.logs, WAIT).unwrap()
+    Service::start(
+        "steering",
+        &bin("steering"),
+        &[s("serve"), s("--config"), path.display().to_string()],
+        &f.logs,
+        WAIT,
+    )
+    .unwrap()
 }
 
 fn play_url(steering: &Service, title: &str, format: &str, client: &str) -> serde_json::Value {
@@ -128,7 +158,15 @@ fn play_url(steering: &Service, title: &str, format: &str, client: &str) -> serd
 fn ffprobe_json(url: &str) -> serde_json::Value {
     let (status, out, err) = run(
         Path::new("ffprobe"),
-        &[s("-v"), s("error"), s("-show_entries"), s("stream=codec_type,width,height:format=duration"), s("-of"), s("json"), s(url)],
+        &[
+            s("-v"),
+            s("error"),
+            s("-show_entries"),
+            s("stream=codec_type,width,height:format=duration"),
+            s("-of"),
+            s("json"),
+            s(url),
+        ],
     )
     .unwrap();
     assert!(status.success(), "ffprobe {url}: {err}");
@@ -153,7 +191,17 @@ fn first_packet_is_key(init: &[u8], segment: &[u8], scratch: &Path) -> bool {
     std::fs::write(&f, [init, segment].concat()).unwrap();
     let (status, out, _) = run(
         Path::new("ffprobe"),
-        &[s("-v"), s("error"), s("-select_streams"), s("v:0"), s("-show_entries"), s("packet=flags"), s("-of"), s("csv=p=0"), f.display().to_string()],
+        &[
+            s("-v"),
+            s("error"),
+            s("-select_streams"),
+            s("v:0"),
+            s("-show_entries"),
+            s("packet=flags"),
+            s("-of"),
+            s("csv=p=0"),
+            f.display().to_string(),
+        ],
     )
     .unwrap();
     status.success() && out.lines().next().is_some_and(|l| l.starts_with('K'))
@@ -181,11 +229,13 @@ fn encode_serve_steer_and_play_every_rendition() {
     media_uris.extend(master.alternatives.iter().filter_map(|a| a.uri.clone()));
     assert_eq!(media_uris.len(), 4, "three video playlists and one audio");
 
-    let catalog: vod::Catalog = serde_json::from_slice(&std::fs::read(f.store.join("titles/clip/catalog.json")).unwrap()).unwrap();
+    let catalog: vod::Catalog =
+        serde_json::from_slice(&std::fs::read(f.store.join("titles/clip/catalog.json")).unwrap()).unwrap();
     let mut segments = 0;
     for uri in &media_uris {
         let media_url = resolve(&master_url, uri);
-        let m3u8_rs::Playlist::MediaPlaylist(media) = m3u8_rs::parse_playlist_res(&get_bytes(&media_url)).unwrap() else {
+        let m3u8_rs::Playlist::MediaPlaylist(media) = m3u8_rs::parse_playlist_res(&get_bytes(&media_url)).unwrap()
+        else {
             panic!("not a media playlist: {media_url}");
         };
         let map = media.segments[0].map.as_ref().expect("EXT-X-MAP");
@@ -299,7 +349,16 @@ fn encoder_refuses_bad_input_and_publishes_nothing() {
     for (input, message) in cases {
         let (status, _, err) = run(
             &bin("encoder"),
-            &[s("encode"), s("--input"), input.clone(), s("--title"), s("bad"), s("--store"), store.display().to_string(), s("--quiet")],
+            &[
+                s("encode"),
+                s("--input"),
+                input.clone(),
+                s("--title"),
+                s("bad"),
+                s("--store"),
+                store.display().to_string(),
+                s("--quiet"),
+            ],
         )
         .unwrap();
         assert!(!status.success(), "{input} was accepted");
@@ -309,7 +368,15 @@ fn encoder_refuses_bad_input_and_publishes_nothing() {
     }
     let (status, _, err) = run(
         &bin("encoder"),
-        &[s("encode"), s("--input"), text.display().to_string(), s("--title"), s("../evil"), s("--store"), store.display().to_string()],
+        &[
+            s("encode"),
+            s("--input"),
+            text.display().to_string(),
+            s("--title"),
+            s("../evil"),
+            s("--store"),
+            store.display().to_string(),
+        ],
     )
     .unwrap();
     assert!(!status.success() && err.contains("--title"), "{err}");

