@@ -23,6 +23,8 @@ pub enum EncodeError {
     MissingCodec(&'static str),
     #[error("packaging {rendition}: {reason}")]
     Packaging { rendition: String, reason: String },
+    #[error("input {path} is truncated: {decoded_s:.1}s of video decode out of the {declared_s:.1}s it declares")]
+    Truncated { path: PathBuf, decoded_s: f64, declared_s: f64 },
     #[error("encode produced no frames from {0}")]
     Empty(PathBuf),
     #[error("work directory I/O: {0}")]

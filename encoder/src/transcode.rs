@@ -214,6 +214,12 @@ pub fn encode(input: &Path, work: &Path, settings: &EncodeSettings) -> Result<En
     if frames == 0 {
         return Err(EncodeError::Empty(input.to_owned()));
     }
+    // A file cut short (an interrupted upload) still opens when its index is
+    // at the front; publishing the part that decodes would lose the rest.
+    let decoded_s = last_pts.map_or(0.0, |p| p as f64 * tb_s + 1.0 / fps.max(1.0));
+    if duration_s > 0.0 && decoded_s + 0.5 < duration_s * 0.97 {
+        return Err(EncodeError::Truncated { path: input.to_owned(), decoded_s, declared_s: duration_s });
+    }
     let audio = audio.map(AudioTrack::finish).transpose()?;
     Ok(EncodedFiles { video, audio, frames })
 }

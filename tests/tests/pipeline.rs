@@ -342,7 +342,14 @@ fn encoder_refuses_bad_input_and_publishes_nothing() {
     let store = dir.path().join("store");
     let text = dir.path().join("notes.mp4");
     std::fs::write(&text, "this is not a video\n".repeat(100)).unwrap();
+    // An upload cut in half: the index is at the front, so it still opens.
+    let whole = dir.path().join("whole.mp4");
+    stack::generate_clip(&whole, 6, 320, 240).unwrap();
+    let bytes = std::fs::read(&whole).unwrap();
+    let cut = dir.path().join("cut.mp4");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     let cases = [
+        (cut.display().to_string(), "is truncated"),
         (text.display().to_string(), "not a readable media file"),
         (dir.path().join("missing.mp4").display().to_string(), "does not exist"),
     ];
