@@ -203,6 +203,8 @@ pub fn generate_clip(out: &Path, seconds: u32, width: u32, height: u32) -> Resul
         "-c:a",
         "aac",
         "-shortest",
+        "-movflags",
+        "+faststart",
     ]
     .iter()
     .map(|s| s.to_string())
