@@ -194,7 +194,6 @@ pub fn encode(input: &Path, work: &Path, settings: &EncodeSettings) -> Result<En
         result =
             vdec.send_eof().map_err(ff("flushing the video decoder")).and_then(|_| send_frames(&mut vdec, &mut frames));
     }
-    drop(send_frames);
     drop(senders);
     progress.tick(frames, true);
     let mut video = Vec::new();

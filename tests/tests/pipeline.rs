@@ -326,10 +326,8 @@ fn hostile_paths_bad_tokens_and_ranges_are_refused() {
     }
     // Ranges.
     let size = std::fs::metadata(f.store.join(seg)).unwrap().len();
-    for addr in [origin.addr] {
-        assert_eq!(raw_status(addr, &format!("/{seg}"), &format!("Range: bytes={size}-\r\n")), 416);
-        assert_eq!(raw_status(addr, &format!("/{seg}"), "Range: bytes=0-99\r\n"), 206);
-    }
+    assert_eq!(raw_status(origin.addr, &format!("/{seg}"), &format!("Range: bytes={size}-\r\n")), 416);
+    assert_eq!(raw_status(origin.addr, &format!("/{seg}"), "Range: bytes=0-99\r\n"), 206);
     assert_eq!(raw_status(edge.addr, &format!("/t/{good}/{seg}"), &format!("Range: bytes={size}-\r\n")), 416);
     assert_eq!(raw_status(edge.addr, &format!("/t/{good}/{seg}"), "Range: bytes=0-99\r\n"), 206);
     assert_eq!(raw_status(edge.addr, &format!("/t/{good}/titles/clip/v360/999.m4s"), ""), 404);

@@ -78,7 +78,7 @@ impl Catalog {
     /// Video renditions, highest first.
     pub fn video(&self) -> Vec<&Rendition> {
         let mut v: Vec<&Rendition> = self.renditions.iter().filter(|r| r.kind == MediaKind::Video).collect();
-        v.sort_by(|a, b| b.bandwidth_bps.cmp(&a.bandwidth_bps));
+        v.sort_by_key(|r| std::cmp::Reverse(r.bandwidth_bps));
         v
     }
 

@@ -108,6 +108,10 @@ pub fn verify(keys: &[TokenKey], token: &str, title: &TitleId, now_unix_s: u64) 
 mod tests {
     use super::*;
 
+    fn keys(k: &TokenKey) -> &[TokenKey] {
+        std::slice::from_ref(k)
+    }
+
     fn t(s: &str) -> TitleId {
         TitleId::new(s).unwrap()
     }
@@ -125,14 +129,14 @@ mod tests {
     fn expired_forged_and_other_title_are_refused() {
         let k = TokenKey::new("k1", b"secret".to_vec());
         let tok = k.sign(&t("bbb"), 1000);
-        assert_eq!(verify(&[k.clone()], &tok, &t("bbb"), 1000), Err(TokenError::Expired));
-        assert_eq!(verify(&[k.clone()], &tok, &t("other"), 10), Err(TokenError::WrongTitle));
+        assert_eq!(verify(keys(&k), &tok, &t("bbb"), 1000), Err(TokenError::Expired));
+        assert_eq!(verify(keys(&k), &tok, &t("other"), 10), Err(TokenError::WrongTitle));
         let other = TokenKey::new("k1", b"not-the-secret".to_vec());
-        assert_eq!(verify(&[k.clone()], &other.sign(&t("bbb"), 1000), &t("bbb"), 10), Err(TokenError::BadSignature));
+        assert_eq!(verify(keys(&k), &other.sign(&t("bbb"), 1000), &t("bbb"), 10), Err(TokenError::BadSignature));
         let unknown = TokenKey::new("k9", b"secret".to_vec());
-        assert_eq!(verify(&[k.clone()], &unknown.sign(&t("bbb"), 1000), &t("bbb"), 10), Err(TokenError::UnknownKey));
-        assert_eq!(verify(&[k.clone()], "!!!", &t("bbb"), 10), Err(TokenError::Malformed));
-        assert_eq!(verify(&[k.clone()], "", &t("bbb"), 10), Err(TokenError::Malformed));
+        assert_eq!(verify(keys(&k), &unknown.sign(&t("bbb"), 1000), &t("bbb"), 10), Err(TokenError::UnknownKey));
+        assert_eq!(verify(keys(&k), "!!!", &t("bbb"), 10), Err(TokenError::Malformed));
+        assert_eq!(verify(keys(&k), "", &t("bbb"), 10), Err(TokenError::Malformed));
     }
 
     #[test]
@@ -143,7 +147,7 @@ mod tests {
         for i in 0..raw.len() {
             raw[i] ^= 0x01;
             let forged = URL_SAFE_NO_PAD.encode(&raw);
-            assert!(verify(&[k.clone()], &forged, &t("bbb"), 10).is_err(), "flip at {i} accepted");
+            assert!(verify(keys(&k), &forged, &t("bbb"), 10).is_err(), "flip at {i} accepted");
             raw[i] ^= 0x01;
         }
     }
