@@ -1,0 +1,160 @@
+//! QoE of a session and means over many, computed the same way in both modes.
+
+use serde::Serialize;
+
+/// One played segment: its rung's bitrate and its duration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlayedSegment {
+    /// Nominal bitrate of the rung it was fetched at.
+    pub bitrate_kbps: f64,
+    /// Media duration.
+    pub duration_ms: f64,
+}
+
+/// Quality of experience of one session (Sabre's definitions).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionQoe {
+    /// Request of the first segment to its arrival (playback starts then).
+    pub startup_ms: f64,
+    /// Media played.
+    pub content_ms: f64,
+    /// Stall time after playback started.
+    pub stall_ms: f64,
+    /// Σ bitrate·duration / (startup + content + stall).
+    pub avg_bitrate_kbps: f64,
+    /// stall / (startup + content + stall).
+    pub rebuffer_ratio: f64,
+    /// Times the buffer ran dry after playback started.
+    pub rebuffer_events: u64,
+    /// Bitrate changes between consecutive segments.
+    pub switches: u64,
+    /// Segments played.
+    pub segments: usize,
+}
+
+impl SessionQoe {
+    /// Compute from what was played, in play order.
+    pub fn from_playback(startup_ms: f64, stall_ms: f64, rebuffer_events: u64, played: &[PlayedSegment]) -> Self {
+        // fold from +0.0: an empty `sum()` of floats is -0.0, which would print as such.
+        let content_ms = played.iter().fold(0.0, |acc, s| acc + s.duration_ms);
+        let bit_ms = played.iter().fold(0.0, |acc, s| acc + s.bitrate_kbps * s.duration_ms);
+        let total = startup_ms + content_ms + stall_ms;
+        let switches = played.windows(2).filter(|w| w[0].bitrate_kbps != w[1].bitrate_kbps).count() as u64;
+        let ratio = |x: f64| if total > 0.0 { x / total } else { 0.0 };
+        Self {
+            startup_ms,
+            content_ms,
+            stall_ms,
+            avg_bitrate_kbps: ratio(bit_ms),
+            rebuffer_ratio: ratio(stall_ms),
+            rebuffer_events,
+            switches,
+            segments: played.len(),
+        }
+    }
+}
+
+/// Unweighted means of per-session QoE values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct QoeMeans {
+    pub avg_bitrate_kbps: f64,
+    pub rebuffer_ratio: f64,
+    pub rebuffer_events: f64,
+    pub switches: f64,
+    pub startup_ms: f64,
+    pub stall_ms: f64,
+}
+
+impl QoeMeans {
+    /// Means over `sessions`; all zero when there are none.
+    pub fn of<'a>(sessions: impl IntoIterator<Item = &'a SessionQoe>) -> Self {
+        let mut sum = QoeMeans::default();
+        let mut n = 0usize;
+        for s in sessions {
+            n += 1;
+            sum.avg_bitrate_kbps += s.avg_bitrate_kbps;
+            sum.rebuffer_ratio += s.rebuffer_ratio;
+            sum.rebuffer_events += s.rebuffer_events as f64;
+            sum.switches += s.switches as f64;
+            sum.startup_ms += s.startup_ms;
+            sum.stall_ms += s.stall_ms;
+        }
+        if n == 0 {
+            return sum;
+        }
+        let k = n as f64;
+        QoeMeans {
+            avg_bitrate_kbps: sum.avg_bitrate_kbps / k,
+            rebuffer_ratio: sum.rebuffer_ratio / k,
+            rebuffer_events: sum.rebuffer_events / k,
+            switches: sum.switches / k,
+            startup_ms: sum.startup_ms / k,
+            stall_ms: sum.stall_ms / k,
+        }
+    }
+}
+
+/// A plain-text table: a header row and right-aligned columns after the first.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i == 0 {
+                out.push_str(&format!("{cell:<w$}"));
+            } else {
+                out.push_str(&format!("  {cell:>w$}"));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&mut header.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(bitrate_kbps: f64) -> PlayedSegment {
+        PlayedSegment { bitrate_kbps, duration_ms: 2000.0 }
+    }
+
+    #[test]
+    fn qoe_follows_sabre_definitions() {
+        let played = [seg(1000.0), seg(1000.0), seg(2000.0), seg(1000.0)];
+        let q = SessionQoe::from_playback(1000.0, 1000.0, 1, &played);
+        // T = 1000 + 8000 + 1000 = 10 s; bits·ms = 2000·(1000+1000+2000+1000) = 10⁷.
+        assert!((q.avg_bitrate_kbps - 1000.0).abs() < 1e-9);
+        assert!((q.rebuffer_ratio - 0.1).abs() < 1e-12);
+        assert_eq!(q.switches, 2);
+        assert_eq!(q.segments, 4);
+        assert_eq!(q.content_ms, 8000.0);
+    }
+
+    #[test]
+    fn means_are_unweighted() {
+        let a = SessionQoe::from_playback(0.0, 0.0, 2, &[seg(100.0)]);
+        let b = SessionQoe::from_playback(0.0, 0.0, 0, &[seg(300.0), seg(300.0), seg(300.0)]);
+        let m = QoeMeans::of([&a, &b]);
+        assert!((m.avg_bitrate_kbps - 200.0).abs() < 1e-9);
+        assert_eq!(m.rebuffer_events, 1.0);
+        assert_eq!(QoeMeans::of([]), QoeMeans::default());
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&["name", "kbps"], &[vec!["a".into(), "1".into()], vec!["long-name".into(), "1234".into()]]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines.iter().all(|l| l.len() == lines[2].len()), "{t}");
+    }
+}
