@@ -1,0 +1,62 @@
+//! `edge serve ...` and `edge replay ...`: parse flags, then call the library.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use edge::{ReplayArgs, ServeArgs};
+
+#[derive(Parser)]
+#[command(about = "The edge cache: serves titles from RAM, fills misses from the origin")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve signed (/t/{token}/titles/...) and unsigned (/titles/...) object requests.
+    Serve(ServeArgs),
+    /// Replay a request log through the cache policy and print hit figures.
+    Replay(ReplayArgs),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args).await,
+        Command::Replay(args) => replay(args),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let cfg = args.load().context("edge configuration")?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    eprintln!("edge listening on {}", listener.local_addr()?);
+    edge::run(cfg, listener, shutdown_signal()).await.context("edge server")
+}
+
+fn replay(args: ReplayArgs) -> Result<()> {
+    let plan = args.prefill.as_deref().map(edge::replay::read_plan).transpose()?;
+    let report = edge::replay::replay_file(&args.log, args.ram_bytes, args.disk_bytes, plan.as_ref())?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

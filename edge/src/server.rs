@@ -1,0 +1,250 @@
+//! The edge's HTTP server.
+//!
+//! One fallback handler parses the raw request path itself: axum never gets
+//! to percent-decode it, so `%2e%2e` reaches `ObjectKey::parse` as written and
+//! is refused there. Routes:
+//!
+//! - `/t/{token}/titles/...` — signed player traffic; the token is checked
+//!   against the key's title before the cache is touched.
+//! - `/titles/...` — unsigned fill traffic between edges and the origin.
+//! - `/health`, `/metrics`.
+//!
+//! GET and HEAD only (OPTIONS answers the CORS preflight), CORS on every response.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use axum::Router;
+use origin::http_object::{add_cors, error_response, object_response, preflight};
+use vod::token::{verify, TokenKey};
+use vod::ObjectKey;
+
+use crate::config::EdgeConfig;
+use crate::error::{EdgeError, Fault};
+use crate::fill::{Filler, Source, Upstream};
+use crate::memory::MemoryTier;
+use crate::metrics::{CacheResult, EdgeMetrics, TierGauges};
+use crate::request_log::RequestLog;
+
+/// What a request path asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// `/health`.
+    Health,
+    /// `/metrics`.
+    Metrics,
+    /// An object; `token` is `Some` on `/t/{token}/...` paths.
+    Object { token: Option<&'a str>, key_path: &'a str },
+}
+
+/// Splits a raw (still percent-encoded) request path into its target.
+/// The key part is validated later by `ObjectKey::parse`.
+pub fn route(path: &str) -> Target<'_> {
+    match path {
+        "/health" => Target::Health,
+        "/metrics" => Target::Metrics,
+        _ => match path.strip_prefix("/t/") {
+            Some(rest) => {
+                // `/t/{token}` with nothing after it leaves an empty key, which parse refuses.
+                let (token, key_path) = rest.split_once('/').unwrap_or((rest, ""));
+                Target::Object { token: Some(token), key_path }
+            }
+            None => Target::Object { token: None, key_path: path.strip_prefix('/').unwrap_or(path) },
+        },
+    }
+}
+
+/// The client address for the request log: the first `X-Forwarded-For`
+/// entry when present and parseable, else the TCP peer. The header is taken
+/// on trust: the log feeds demand forecasts, not access control, and load
+/// generators and front proxies use it to stand in for real clients.
+pub fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>) -> IpAddr {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|first| first.trim().parse().ok())
+        .or_else(|| peer.map(|p| p.ip()))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Shared state of one running edge.
+pub struct EdgeState {
+    name: String,
+    keys: Vec<TokenKey>,
+    filler: Filler,
+    metrics: Arc<EdgeMetrics>,
+    log: Option<RequestLog>,
+}
+
+impl EdgeState {
+    /// Builds the cache, the upstream client and the metrics from `config`.
+    pub fn new(config: &EdgeConfig, log: Option<RequestLog>, metrics: Arc<EdgeMetrics>) -> Result<Self, EdgeError> {
+        let upstream = Upstream::new(&config.upstream, config.upstream_timeout())?;
+        let ram = Arc::new(MemoryTier::new(config.ram_bytes));
+        let filler = Filler::new(upstream, ram, Arc::clone(&metrics), config.manifest_ttl());
+        let keys = config
+            .token_secret
+            .as_ref()
+            .map(|s| vec![TokenKey::new(config.token_key_id.clone(), s.as_bytes().to_vec())])
+            .unwrap_or_default();
+        Ok(Self { name: config.name.clone(), keys, filler, metrics, log })
+    }
+}
+
+/// The edge's router over `state`. Serve it with connect info (`SocketAddr`)
+/// so the request log sees the peer address.
+pub fn router(state: Arc<EdgeState>) -> Router {
+    Router::new().fallback(handle).with_state(state).layer(axum::middleware::map_response(add_cors))
+}
+
+async fn handle(State(state): State<Arc<EdgeState>>, req: Request<Body>) -> Response<Body> {
+    let method = req.method().clone();
+    if method == Method::OPTIONS {
+        return preflight();
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return error_response(StatusCode::METHOD_NOT_ALLOWED, "only GET, HEAD and OPTIONS");
+    }
+    match route(req.uri().path()) {
+        Target::Health => error_response(StatusCode::OK, "ok"),
+        Target::Metrics => metrics_response(&state),
+        Target::Object { token, key_path } => {
+            let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+            let (mut resp, result) = match serve_object(&state, &method, req.headers(), token, key_path, peer).await {
+                Ok(served) => served,
+                Err(e) => (failure(&state, &e, key_path), CacheResult::Error),
+            };
+            state.metrics.request(result);
+            if method == Method::GET && resp.status().is_success() {
+                state.metrics.served(content_length(&resp));
+            }
+            if result != CacheResult::Error {
+                resp.headers_mut().insert("x-cache", HeaderValue::from_static(result.as_str()));
+            }
+            if let Ok(v) = HeaderValue::from_str(&state.name) {
+                resp.headers_mut().insert("x-served-by", v);
+            }
+            resp
+        }
+    }
+}
+
+async fn serve_object(
+    state: &EdgeState,
+    method: &Method,
+    headers: &HeaderMap,
+    token: Option<&str>,
+    key_path: &str,
+    peer: Option<SocketAddr>,
+) -> Result<(Response<Body>, CacheResult), Arc<EdgeError>> {
+    let key = ObjectKey::parse(key_path).map_err(|e| Arc::new(e.into()))?;
+    if let Some(token) = token {
+        verify(&state.keys, token, key.title(), now_unix_s()).map_err(|e| Arc::new(e.into()))?;
+    }
+    let (obj, source) = state.filler.get(&key).await?;
+    let result = if source == Source::Hit { CacheResult::Hit } else { CacheResult::Miss };
+    if let Some(log) = &state.log {
+        log.record(client_ip(headers, peer), key.to_string(), obj.body.len() as u64);
+    }
+    Ok((object_response(method, headers, &key, obj.body, &obj.etag), result))
+}
+
+fn failure(state: &EdgeState, e: &EdgeError, key_path: &str) -> Response<Body> {
+    match e.fault() {
+        Fault::Client => tracing::debug!(edge = %state.name, path = key_path, error = %e, "request refused"),
+        Fault::Upstream | Fault::Local => {
+            tracing::warn!(edge = %state.name, path = key_path, fault = e.fault().as_str(), error = %e, "request failed")
+        }
+    }
+    error_response(e.status(), e.client_message())
+}
+
+fn metrics_response(state: &EdgeState) -> Response<Body> {
+    let ram = state.filler.ram();
+    ram.settle();
+    let gauges =
+        TierGauges { bytes: ram.weighted_bytes(), entries: ram.entries(), capacity_bytes: ram.capacity_bytes() };
+    let mut resp = Response::new(Body::from(state.metrics.render(&state.name, gauges)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp
+}
+
+fn content_length(resp: &Response<Body>) -> u64 {
+    resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn now_unix_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Serves the edge on `listener` until `shutdown` resolves, then flushes the request log.
+pub async fn run(
+    config: EdgeConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), EdgeError> {
+    config.validate()?;
+    let metrics = Arc::new(EdgeMetrics::default());
+    let (log, writer) = match &config.request_log {
+        Some(path) => {
+            let (log, writer) = RequestLog::open(path, Arc::clone(&metrics)).await?;
+            (Some(log), Some(writer))
+        }
+        None => (None, None),
+    };
+    let state = Arc::new(EdgeState::new(&config, log, metrics)?);
+    if config.disk_requested() {
+        tracing::warn!(
+            disk_path = ?config.disk_path,
+            disk_bytes = ?config.disk_bytes,
+            "this version has no disk tier yet: caching in RAM only ({} bytes); disk settings are ignored",
+            config.ram_bytes
+        );
+    }
+    if config.token_secret.is_none() {
+        tracing::warn!("no token_secret: every signed /t/{{token}}/ path will be refused with 403");
+    }
+    tracing::info!(name = %config.name, upstream = %config.upstream, ram_bytes = config.ram_bytes, "edge serving");
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Graceful shutdown waits for open connections, so when `serve` returns no
+    // request holds the log's sender any more and the writer can drain.
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    if let Some(writer) = writer {
+        writer.finish().await?;
+    }
+    served.map_err(|e| EdgeError::io("serving HTTP", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_split_token_and_key_without_decoding() {
+        assert_eq!(route("/health"), Target::Health);
+        assert_eq!(route("/metrics"), Target::Metrics);
+        assert_eq!(
+            route("/t/abc/titles/t1/v1/1.m4s"),
+            Target::Object { token: Some("abc"), key_path: "titles/t1/v1/1.m4s" }
+        );
+        assert_eq!(route("/t/abc"), Target::Object { token: Some("abc"), key_path: "" });
+        assert_eq!(route("/titles/%2e%2e/x"), Target::Object { token: None, key_path: "titles/%2e%2e/x" });
+    }
+
+    #[test]
+    fn client_ip_prefers_the_first_forwarded_address() {
+        let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(client_ip(&h, Some(peer)), "192.0.2.1".parse::<IpAddr>().unwrap());
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.1.2.3, 192.0.2.9"));
+        assert_eq!(client_ip(&h, Some(peer)), "10.1.2.3".parse::<IpAddr>().unwrap());
+        h.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
+        assert_eq!(client_ip(&h, Some(peer)), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+}
