@@ -1,0 +1,305 @@
+//! Steering's configuration file (TOML) and its validation.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Steering settings, as read from TOML; `validate` checks them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the binary binds (the library's `run` takes a bound listener).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Id of the signing key; tokens carry it so keys can rotate.
+    #[serde(default = "default_key_id")]
+    pub token_key_id: String,
+    /// Secret shared with the edges for signing URL tokens.
+    pub token_secret: String,
+    /// Lifetime of a signed URL, in seconds.
+    #[serde(default = "default_ttl")]
+    pub token_ttl_s: u64,
+    /// Take the client IP from the first `X-Forwarded-For` address (only behind a trusted proxy, or in tests).
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
+    /// Time between two health probes of an edge.
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval_ms: u64,
+    /// A probe slower than this counts as a failure.
+    #[serde(default = "default_probe_timeout")]
+    pub probe_timeout_ms: u64,
+    /// Consecutive failed probes after which an edge is down.
+    #[serde(default = "default_failures_to_down")]
+    pub probe_failures_to_down: u32,
+    /// The edges steering may send players to.
+    #[serde(default)]
+    pub edges: Vec<EdgeConfig>,
+}
+
+/// One edge cache as configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Unique name, shown to players and operators and hashed for placement.
+    pub name: String,
+    /// Base URL such as `http://127.0.0.1:4567`.
+    pub url: String,
+    /// The site (ISP location) the edge sits in.
+    pub site: String,
+    /// CIDRs of the client networks this edge's site covers.
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    /// A drained edge gets no new players (still probed).
+    #[serde(default)]
+    pub drained: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8090))
+}
+fn default_key_id() -> String {
+    "k1".to_owned()
+}
+fn default_ttl() -> u64 {
+    3600
+}
+fn default_probe_interval() -> u64 {
+    2000
+}
+fn default_probe_timeout() -> u64 {
+    1000
+}
+fn default_failures_to_down() -> u32 {
+    2
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing config: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error("token_secret must not be empty")]
+    EmptySecret,
+    #[error("token_key_id must be non-empty and must not contain '|'")]
+    BadKeyId,
+    #[error("token_ttl_s must be at least 1")]
+    ZeroTtl,
+    #[error("{0} must be at least 1")]
+    ZeroSetting(&'static str),
+    #[error("no [[edges]] configured")]
+    NoEdges,
+    #[error("edge #{index}: name must not be empty")]
+    EmptyName { index: usize },
+    #[error("edge {edge:?}: site must not be empty")]
+    EmptySite { edge: String },
+    #[error("edge name {0:?} is used twice")]
+    DuplicateEdge(String),
+    #[error("edge {edge:?}: url {url:?} is not a usable base URL: {reason}")]
+    BadUrl { edge: String, url: String, reason: String },
+    #[error("edge {edge:?}: prefix {prefix:?} is not a CIDR like 10.1.0.0/16 or 2001:db8::/32: {reason}")]
+    BadPrefix { edge: String, prefix: String, reason: String },
+    #[error("prefix {prefix} is claimed by site {first:?} and site {second:?}")]
+    PrefixConflict { prefix: IpNet, first: String, second: String },
+}
+
+/// An edge after validation: parsed prefixes and a base URL without trailing slash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edge {
+    /// Unique name.
+    pub name: String,
+    /// Base URL without trailing slash, e.g. `http://127.0.0.1:4567`.
+    pub base_url: String,
+    /// Site the edge sits in.
+    pub site: String,
+    /// Client networks the site covers (host bits cleared).
+    pub prefixes: Vec<IpNet>,
+    /// Drained edges get no new players.
+    pub drained: bool,
+}
+
+impl Edge {
+    /// Where its health is probed.
+    pub fn health_url(&self) -> String {
+        format!("{}/health", self.base_url)
+    }
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// Probe period as a duration.
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+
+    /// Probe timeout as a duration.
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms)
+    }
+
+    /// Checks every setting and returns the edges in configured order.
+    pub fn validate(&self) -> Result<Vec<Edge>, ConfigError> {
+        if self.token_secret.is_empty() {
+            return Err(ConfigError::EmptySecret);
+        }
+        if self.token_key_id.is_empty() || self.token_key_id.contains('|') {
+            return Err(ConfigError::BadKeyId);
+        }
+        if self.token_ttl_s == 0 {
+            return Err(ConfigError::ZeroTtl);
+        }
+        for (name, v) in [
+            ("probe_interval_ms", self.probe_interval_ms),
+            ("probe_timeout_ms", self.probe_timeout_ms),
+            ("probe_failures_to_down", u64::from(self.probe_failures_to_down)),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::ZeroSetting(name));
+            }
+        }
+        if self.edges.is_empty() {
+            return Err(ConfigError::NoEdges);
+        }
+        let mut edges: Vec<Edge> = Vec::with_capacity(self.edges.len());
+        let mut prefix_site: HashMap<IpNet, String> = HashMap::new();
+        for (index, e) in self.edges.iter().enumerate() {
+            if e.name.trim().is_empty() {
+                return Err(ConfigError::EmptyName { index });
+            }
+            if edges.iter().any(|x| x.name == e.name) {
+                return Err(ConfigError::DuplicateEdge(e.name.clone()));
+            }
+            if e.site.trim().is_empty() {
+                return Err(ConfigError::EmptySite { edge: e.name.clone() });
+            }
+            let base_url = check_base_url(&e.url).map_err(|reason| ConfigError::BadUrl {
+                edge: e.name.clone(),
+                url: e.url.clone(),
+                reason,
+            })?;
+            let mut prefixes = Vec::with_capacity(e.prefixes.len());
+            for p in &e.prefixes {
+                let net: IpNet = p.trim().parse().map_err(|err: ipnet::AddrParseError| ConfigError::BadPrefix {
+                    edge: e.name.clone(),
+                    prefix: p.clone(),
+                    reason: err.to_string(),
+                })?;
+                // 10.1.2.3/16 means the network 10.1.0.0/16.
+                let net = net.trunc();
+                match prefix_site.get(&net) {
+                    Some(site) if *site != e.site => {
+                        return Err(ConfigError::PrefixConflict {
+                            prefix: net,
+                            first: site.clone(),
+                            second: e.site.clone(),
+                        })
+                    }
+                    _ => {
+                        prefix_site.insert(net, e.site.clone());
+                    }
+                }
+                prefixes.push(net);
+            }
+            edges.push(Edge { name: e.name.clone(), base_url, site: e.site.clone(), prefixes, drained: e.drained });
+        }
+        Ok(edges)
+    }
+}
+
+/// Accepts `http(s)://host[:port][/path]` without query or fragment; returns it without trailing slash.
+fn check_base_url(raw: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(raw).map_err(|e| e.to_string())?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(format!("scheme must be http or https, not {}", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("no host".to_owned());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials".to_owned());
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+token_secret = "s3cret"
+trust_forwarded_for = true
+
+[[edges]]
+name = "a1"
+url = "http://127.0.0.1:4567/"
+site = "lab-a"
+prefixes = ["10.1.0.0/16", "2001:db8:a::/48"]
+
+[[edges]]
+name = "b1"
+url = "http://127.0.0.1:4568"
+site = "lab-b"
+prefixes = ["10.2.3.4/16"]
+"#;
+
+    #[test]
+    fn parses_defaults_and_normalizes() {
+        let cfg = Config::from_toml_str(GOOD).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:8090".parse().unwrap());
+        assert_eq!(cfg.token_key_id, "k1");
+        assert_eq!(cfg.token_ttl_s, 3600);
+        assert_eq!((cfg.probe_interval_ms, cfg.probe_timeout_ms, cfg.probe_failures_to_down), (2000, 1000, 2));
+        let edges = cfg.validate().unwrap();
+        assert_eq!(edges[0].base_url, "http://127.0.0.1:4567");
+        assert_eq!(edges[0].health_url(), "http://127.0.0.1:4567/health");
+        assert_eq!(edges[1].prefixes, vec!["10.2.0.0/16".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let cfg = Config::from_toml_str(include_str!("../steering.example.toml")).unwrap();
+        assert_eq!(cfg.validate().unwrap().len(), 3);
+    }
+
+    fn err_of(text: &str) -> String {
+        Config::from_toml_str(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn refuses_bad_configs_with_clear_messages() {
+        assert!(err_of(&GOOD.replace("s3cret", "")).contains("token_secret"));
+        assert!(err_of(&format!("{GOOD}\nbogus = 1\n")).contains("bogus"));
+        assert!(err_of(&GOOD.replace("\"b1\"", "\"a1\"")).contains("used twice"));
+        let bad_url = err_of(&GOOD.replace("http://127.0.0.1:4568", "ftp://x"));
+        assert!(bad_url.contains("b1") && bad_url.contains("scheme"), "{bad_url}");
+        assert!(err_of(&GOOD.replace("http://127.0.0.1:4568", "not a url")).contains("not a usable base URL"));
+        let bad_cidr = err_of(&GOOD.replace("10.2.3.4/16", "10.2.0.0/33"));
+        assert!(bad_cidr.contains("10.2.0.0/33") && bad_cidr.contains("b1"), "{bad_cidr}");
+        assert!(err_of(&GOOD.replace("10.2.3.4/16", "10.1.0.0/16")).contains("claimed by site"));
+        assert!(err_of("token_secret = \"x\"\n").contains("no [[edges]]"));
+        assert!(
+            err_of(&GOOD.replace("trust_forwarded_for = true", "probe_interval_ms = 0")).contains("probe_interval_ms")
+        );
+    }
+}
