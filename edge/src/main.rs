@@ -21,10 +21,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    svc::init_tracing("info");
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Replay(args) => replay(args),
@@ -36,7 +33,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     eprintln!("edge listening on {}", listener.local_addr()?);
-    edge::run(cfg, listener, shutdown_signal()).await.context("edge server")
+    edge::run(cfg, listener, svc::shutdown_signal()).await.context("edge server")
 }
 
 fn replay(args: ReplayArgs) -> Result<()> {
@@ -48,15 +45,4 @@ fn replay(args: ReplayArgs) -> Result<()> {
         print!("{}", report.to_text());
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -41,10 +41,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .init();
+    svc::init_tracing("warn");
     let Command::Encode { input, title, store, segment_seconds, preset, quiet } = Cli::parse().command;
     let title = TitleId::new(title).context("--title")?;
     anyhow::ensure!(

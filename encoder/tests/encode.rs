@@ -47,24 +47,7 @@ fn rungs_share_segment_boundaries_and_durations() {
 fn a_clip_without_audio_gets_video_only_manifests() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("silent.mp4");
-    let status = std::process::Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=320x180:rate=30",
-            "-t",
-            "2",
-        ])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
-        .arg(&clip)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    stack::generate_clip_with(&clip, 2, 320, 180, 30, false).unwrap();
     let store = LocalStore::new(dir.path().join("store"));
     let cat = encode_and_publish(&clip, &TitleId::new("silent").unwrap(), &store, &quiet(1000)).unwrap();
     assert!(cat.audio().is_empty());

@@ -32,10 +32,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    svc::init_tracing("info");
     let Command::Serve { config, root, listen } = Cli::parse().command;
     let mut cfg = match config {
         Some(p) => {
@@ -56,16 +53,5 @@ async fn main() -> Result<()> {
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     eprintln!("origin listening on {}", listener.local_addr()?);
-    origin::run(cfg, listener, shutdown_signal()).await.context("origin server")
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    origin::run(cfg, listener, svc::shutdown_signal()).await.context("origin server")
 }

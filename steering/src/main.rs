@@ -40,10 +40,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    svc::init_tracing("info");
     match Cli::parse().command {
         Command::Serve { config, listen } => {
             let mut cfg = Config::load(&config).with_context(|| format!("config {}", config.display()))?;
@@ -53,7 +50,7 @@ async fn main() -> Result<()> {
             let listener =
                 tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
             eprintln!("steering listening on {}", listener.local_addr()?);
-            steering::run(cfg, listener, shutdown_signal()).await.context("steering server")
+            steering::run(cfg, listener, svc::shutdown_signal()).await.context("steering server")
         }
         Command::FillPlan { log, edge_bytes } => {
             let plan = steering::fill::plan_from_log_file(&log, edge_bytes)
@@ -63,20 +60,5 @@ async fn main() -> Result<()> {
             writeln!(out).context("writing the plan")?;
             Ok(())
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

@@ -179,37 +179,32 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Makes a test clip with ffmpeg's lavfi sources: `seconds` of `testsrc2` at
 /// `width`x`height`, 25 fps, with a sine tone.
 pub fn generate_clip(out: &Path, seconds: u32, width: u32, height: u32) -> Result<(), StartError> {
-    let args: Vec<String> = [
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "lavfi",
-        "-i",
-        &format!("testsrc2=size={width}x{height}:rate=25"),
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=44100",
-        "-t",
-        &seconds.to_string(),
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-shortest",
-        "-movflags",
-        "+faststart",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([out.display().to_string()])
-    .collect();
+    generate_clip_with(out, seconds, width, height, 25, true)
+}
+
+/// Like `generate_clip`, with a frame rate and the tone optional.
+pub fn generate_clip_with(
+    out: &Path,
+    seconds: u32,
+    width: u32,
+    height: u32,
+    fps: u32,
+    audio: bool,
+) -> Result<(), StartError> {
+    let mut args: Vec<String> = vec!["-hide_banner".into(), "-loglevel".into(), "error".into(), "-y".into()];
+    let video = format!("testsrc2=size={width}x{height}:rate={fps}");
+    args.extend(["-f", "lavfi", "-i", &video].map(String::from));
+    if audio {
+        args.extend(
+            ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-c:a", "aac", "-shortest"].map(String::from),
+        );
+    }
+    args.extend(["-t", &seconds.to_string()].map(String::from));
+    // faststart puts the index first, so a truncated copy still opens (as a cut upload would).
+    args.extend(
+        ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-movflags", "+faststart"].map(String::from),
+    );
+    args.push(out.display().to_string());
     let (status, _, err) = run(Path::new("ffmpeg"), &args).map_err(|e| StartError(format!("running ffmpeg: {e}")))?;
     if !status.success() {
         return Err(StartError(format!("ffmpeg failed to generate {}: {err}", out.display())));
