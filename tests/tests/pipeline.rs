@@ -386,3 +386,29 @@ fn encoder_refuses_bad_input_and_publishes_nothing() {
     .unwrap();
     assert!(!status.success() && err.contains("--title"), "{err}");
 }
+
+#[test]
+fn steering_routes_by_client_site_and_skips_a_dead_edge() {
+    require_bins(&["encoder", "origin", "edge", "steering"]);
+    let f = encode_clip("clip", 2);
+    let origin = start_origin(&f);
+    let edge_a = start_edge(&f, "edge-a", &origin.url());
+    let mut edge_b = start_edge(&f, "edge-b", &origin.url());
+    let steering = start_steering(&f, &[(&edge_a, "site-a", "10.1.0.0/16"), (&edge_b, "site-b", "10.2.0.0/16")]);
+    let first_edge =
+        |client: &str| play_url(&steering, "clip", "hls", client)["urls"][0]["edge"].as_str().unwrap().to_owned();
+    assert_eq!(first_edge("10.1.9.9"), "edge-a");
+    assert_eq!(first_edge("10.2.9.9"), "edge-b");
+    // A site-b player streams from edge-b through its signed URL.
+    let url = play_url(&steering, "clip", "hls", "10.2.9.9")["urls"][0]["url"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&edge_b.url()));
+    assert!(!get_bytes(&url).is_empty());
+
+    edge_b.stop(Duration::from_secs(5));
+    let moved = stack::wait_until(Duration::from_secs(15), || first_edge("10.2.9.9") == "edge-a");
+    assert!(moved, "steering kept sending site-b players to a dead edge");
+    let play = play_url(&steering, "clip", "hls", "10.2.9.9");
+    let urls = play["urls"].as_array().unwrap();
+    assert_eq!(urls.len(), 1, "the dead edge is not offered at all: {play}");
+    assert!(get(urls[0]["url"].as_str().unwrap()).status().is_success());
+}
