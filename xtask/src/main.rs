@@ -2,10 +2,11 @@
 //! `cargo xtask media`. Each installs what it needs before it builds, so the
 //! two README commands work on a fresh Debian 12 machine.
 
+mod bench;
 mod demo;
 mod env;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -14,11 +15,9 @@ fn main() -> Result<()> {
         Some("test") => test(),
         Some("deps") => env::install_system_deps(),
         Some("media") => env::bbb_clip().map(|p| println!("{}", p.display())),
-        Some("bench") => bail!(
-            "no benchmark is defined yet; `cargo xtask bench NAME` will run one side by side with its baseline and write target/bench/NAME.json"
-        ),
+        Some("bench") => bench::run(args.get(1).map(String::as_str)),
         _ => {
-            eprintln!("usage: cargo xtask <demo [--serve] | test | deps | media>");
+            eprintln!("usage: cargo xtask <demo [--serve] | test | bench NAME | deps | media>");
             std::process::exit(2);
         }
     }
