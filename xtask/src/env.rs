@@ -18,7 +18,13 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libclang-dev",
     "pkg-config",
     "ffmpeg",
+    // Baselines and peers for benchmarks and conformance tests.
+    "nginx",
+    "wrk",
 ];
+
+/// PyPI packages tests start as real servers (installed with pip if missing).
+const PIP_PACKAGES: &[&str] = &[];
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -37,8 +43,38 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-/// Installs the missing Debian packages with apt-get (as root, or via sudo).
+/// Installs the missing Debian packages with apt-get (as root, or via sudo)
+/// and the missing PyPI packages with pip.
 pub fn install_system_deps() -> Result<()> {
+    install_debian()?;
+    install_pip()
+}
+
+fn install_pip() -> Result<()> {
+    let missing: Vec<&str> = PIP_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let name = p.split(['=', '<', '>', '[']).next().unwrap_or(p);
+            !Command::new("python3").args(["-m", "pip", "show", "--quiet", name]).status().is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing PyPI packages: {}", missing.join(" "));
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(&missing)
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install {} failed ({status})", missing.join(" "));
+    }
+    Ok(())
+}
+
+fn install_debian() -> Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
