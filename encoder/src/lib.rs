@@ -8,6 +8,7 @@ pub mod mux;
 pub mod package;
 pub mod transcode;
 pub mod video;
+pub mod video_filter;
 
 use std::path::Path;
 

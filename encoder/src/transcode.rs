@@ -12,6 +12,7 @@ use vod::ladder::{plan_ladder, PlannedRung, DEFAULT_LADDER};
 use crate::audio::AudioTrack;
 use crate::error::{ff, EncodeError};
 use crate::video::{encode_rung, FrameMsg, RungSettings};
+use crate::video_filter::{display_geometry, rotation_of, SourceFilter};
 
 /// What to encode and how.
 #[derive(Debug, Clone)]
@@ -98,7 +99,11 @@ pub fn encode(input: &Path, work: &Path, settings: &EncodeSettings) -> Result<En
         .map_err(ff("opening the video decoder"))?;
     vdec.set_packet_time_base(v_tb);
     let duration_s = if ictx.duration() > 0 { ictx.duration() as f64 / 1e6 } else { 0.0 };
-    let rungs = plan_ladder(vdec.width(), vdec.height(), DEFAULT_LADDER);
+    let rotation = rotation_of(&vst);
+    let sar = vdec.aspect_ratio();
+    let geometry = display_geometry(vdec.width(), vdec.height(), (sar.numerator(), sar.denominator()), rotation);
+    let rungs = plan_ladder(geometry.width, geometry.height, DEFAULT_LADDER);
+    let mut source_filter = SourceFilter::new(&vdec, v_tb, rotation)?;
 
     let astream = ictx.streams().best(media::Type::Audio).map(|s| (s.index(), s.parameters(), s.time_base()));
     let a_index = astream.as_ref().map(|(i, _, _)| *i);
@@ -138,37 +143,46 @@ pub fn encode(input: &Path, work: &Path, settings: &EncodeSettings) -> Result<En
         enabled: settings.progress,
     };
     let mut decoded = frame::Video::empty();
-    let mut send_frames = |vdec: &mut ffmpeg_next::decoder::Video, frames: &mut u64| -> Result<(), EncodeError> {
-        while vdec.receive_frame(&mut decoded).is_ok() {
-            // Re-base on the stream start; keep pts strictly increasing for x264.
-            let mut pts = decoded.timestamp().map_or_else(|| last_pts.map_or(0, |p| p + 1), |t| t - v_start);
-            if let Some(p) = last_pts {
-                if pts <= p {
-                    pts = p + 1;
-                }
+    let mut filtered = frame::Video::empty();
+    let mut send_frames =
+        |vdec: &mut ffmpeg_next::decoder::Video, frames: &mut u64, eof: bool| -> Result<(), EncodeError> {
+            while vdec.receive_frame(&mut decoded).is_ok() {
+                source_filter.push(&decoded)?;
             }
-            last_pts = Some(pts);
-            let t = pts as f64 * tb_s;
-            let starts_segment = t + half_frame >= next_boundary;
-            if starts_segment {
-                while next_boundary <= t + half_frame {
-                    next_boundary += seg_s;
-                }
+            if eof {
+                source_filter.flush()?;
             }
-            let mut f = decoded.clone();
-            f.set_pts(Some(pts));
-            for tx in &senders {
-                let msg = FrameMsg { frame: f.clone(), starts_segment };
-                if tx.send(msg).is_err() {
-                    // The worker stopped early; its error surfaces at join.
-                    return Err(EncodeError::Worker("a rung encoder stopped".into()));
+            while source_filter.pull(&mut filtered) {
+                let decoded = &filtered;
+                // Re-base on the stream start; keep pts strictly increasing for x264.
+                let mut pts = decoded.timestamp().map_or_else(|| last_pts.map_or(0, |p| p + 1), |t| t - v_start);
+                if let Some(p) = last_pts {
+                    if pts <= p {
+                        pts = p + 1;
+                    }
                 }
+                last_pts = Some(pts);
+                let t = pts as f64 * tb_s;
+                let starts_segment = t + half_frame >= next_boundary;
+                if starts_segment {
+                    while next_boundary <= t + half_frame {
+                        next_boundary += seg_s;
+                    }
+                }
+                let mut f = decoded.clone();
+                f.set_pts(Some(pts));
+                for tx in &senders {
+                    let msg = FrameMsg { frame: f.clone(), starts_segment };
+                    if tx.send(msg).is_err() {
+                        // The worker stopped early; its error surfaces at join.
+                        return Err(EncodeError::Worker("a rung encoder stopped".into()));
+                    }
+                }
+                *frames += 1;
+                progress.tick(*frames, false);
             }
-            *frames += 1;
-            progress.tick(*frames, false);
-        }
-        Ok(())
-    };
+            Ok(())
+        };
 
     let mut result: Result<(), EncodeError> = Ok(());
     for (stream, packet) in ictx.packets() {
@@ -177,7 +191,7 @@ pub fn encode(input: &Path, work: &Path, settings: &EncodeSettings) -> Result<En
                 tracing::warn!(error = %e, "skipping an undecodable video packet");
                 continue;
             }
-            if let Err(e) = send_frames(&mut vdec, &mut frames) {
+            if let Err(e) = send_frames(&mut vdec, &mut frames, false) {
                 result = Err(e);
                 break;
             }
@@ -191,8 +205,10 @@ pub fn encode(input: &Path, work: &Path, settings: &EncodeSettings) -> Result<En
         }
     }
     if result.is_ok() {
-        result =
-            vdec.send_eof().map_err(ff("flushing the video decoder")).and_then(|_| send_frames(&mut vdec, &mut frames));
+        result = vdec
+            .send_eof()
+            .map_err(ff("flushing the video decoder"))
+            .and_then(|_| send_frames(&mut vdec, &mut frames, true));
     }
     drop(senders);
     progress.tick(frames, true);

@@ -56,3 +56,98 @@ fn a_clip_without_audio_gets_video_only_manifests() {
     let mpd = std::fs::read_to_string(store.root().join("titles/silent/dash/manifest.mpd")).unwrap();
     assert_eq!(mpd.matches("<AdaptationSet").count(), 1);
 }
+
+fn ffmpeg(args: &[&str]) {
+    let args: Vec<String> =
+        ["-hide_banner", "-loglevel", "error", "-y"].iter().chain(args).map(|s| s.to_string()).collect();
+    let (status, _, err) = stack::run(std::path::Path::new("ffmpeg"), &args).unwrap();
+    assert!(status.success(), "ffmpeg {args:?}: {err}");
+}
+
+#[test]
+fn unclean_sources_play_the_right_way_up_and_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let lavfi = |size: &str| format!("testsrc2=size={size}:rate=25");
+    // Anamorphic PAL: 720x576 stored, 768x576 shown.
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &lavfi("720x576"),
+        "-t",
+        "1",
+        "-vf",
+        "setsar=16/15",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        &p("sar.mp4"),
+    ]);
+    // A phone video: stored landscape, shown portrait by its display matrix.
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &lavfi("640x360"),
+        "-t",
+        "1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        &p("land.mp4"),
+    ]);
+    ffmpeg(&["-i", &p("land.mp4"), "-c", "copy", "-metadata:s:v:0", "rotate=90", &p("rot.mp4")]);
+    // 10-bit, odd dimensions, interlaced.
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &lavfi("641x361"),
+        "-t",
+        "1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p10le",
+        &p("ten.mp4"),
+    ]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &lavfi("640x360"),
+        "-t",
+        "1",
+        "-vf",
+        "interlace",
+        "-c:v",
+        "libx264",
+        "-flags",
+        "+ildct+ilme",
+        "-preset",
+        "ultrafast",
+        &p("inter.mp4"),
+    ]);
+
+    let store = LocalStore::new(dir.path().join("store"));
+    let encode = |file: &str, title: &str| {
+        encode_and_publish(std::path::Path::new(&p(file)), &TitleId::new(title).unwrap(), &store, &quiet(1000)).unwrap()
+    };
+    let top = |c: &vod::Catalog| (c.video()[0].width.unwrap(), c.video()[0].height.unwrap());
+    assert_eq!(top(&encode("sar.mp4", "sar")), (640, 480), "square-pixel 4:3 rungs from anamorphic PAL");
+    let rot = encode("rot.mp4", "rot");
+    let (w, h) = top(&rot);
+    assert!(h > w, "rotated source must give portrait rungs, got {w}x{h}");
+    for (file, title) in [("ten.mp4", "ten"), ("inter.mp4", "inter")] {
+        let c = encode(file, title);
+        assert_eq!(c.video().len(), 3, "{title}");
+        assert!(c.video().iter().all(|r| r.width.unwrap() % 2 == 0 && r.height.unwrap() % 2 == 0));
+    }
+}
