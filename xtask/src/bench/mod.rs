@@ -10,6 +10,7 @@ use crate::env;
 
 mod abr;
 mod edge;
+mod encode;
 mod origin;
 
 /// One benchmark's result.
@@ -25,7 +26,7 @@ pub struct BenchResult {
 }
 
 /// Benchmarks by name.
-const BENCHES: &[&str] = &["abr", "edge", "origin"];
+const BENCHES: &[&str] = &["abr", "edge", "encode", "origin"];
 
 /// Runs the benchmark `name` and writes its JSON.
 pub fn run(name: Option<&str>) -> Result<()> {
@@ -35,6 +36,7 @@ pub fn run(name: Option<&str>) -> Result<()> {
     let result = match name {
         "abr" => abr::run()?,
         "edge" => edge::run()?,
+        "encode" => encode::run()?,
         "origin" => origin::run()?,
         _ => bail!("unknown benchmark {name:?} (known: {})", BENCHES.join(", ")),
     };
