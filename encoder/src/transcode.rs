@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -11,7 +12,7 @@ use vod::ladder::{plan_ladder, PlannedRung, DEFAULT_LADDER};
 
 use crate::audio::AudioTrack;
 use crate::error::{ff, EncodeError};
-use crate::video::{encode_rung, FrameMsg, RungSettings};
+use crate::video::{encode_rung, FrameMsg, RungSettings, SharedFrame};
 use crate::video_filter::{display_geometry, rotation_of, SourceFilter};
 
 /// What to encode and how.
@@ -143,7 +144,6 @@ pub fn encode(input: &Path, work: &Path, settings: &EncodeSettings) -> Result<En
         enabled: settings.progress,
     };
     let mut decoded = frame::Video::empty();
-    let mut filtered = frame::Video::empty();
     let mut send_frames =
         |vdec: &mut ffmpeg_next::decoder::Video, frames: &mut u64, eof: bool| -> Result<(), EncodeError> {
             while vdec.receive_frame(&mut decoded).is_ok() {
@@ -152,8 +152,13 @@ pub fn encode(input: &Path, work: &Path, settings: &EncodeSettings) -> Result<En
             if eof {
                 source_filter.flush()?;
             }
-            while source_filter.pull(&mut filtered) {
-                let decoded = &filtered;
+            loop {
+                // A fresh frame each time: it is shared with every rung, not copied.
+                let mut f = frame::Video::empty();
+                if !source_filter.pull(&mut f) {
+                    break;
+                }
+                let decoded = &f;
                 // Re-base on the stream start; keep pts strictly increasing for x264.
                 let mut pts = decoded.timestamp().map_or_else(|| last_pts.map_or(0, |p| p + 1), |t| t - v_start);
                 if let Some(p) = last_pts {
@@ -169,10 +174,10 @@ pub fn encode(input: &Path, work: &Path, settings: &EncodeSettings) -> Result<En
                         next_boundary += seg_s;
                     }
                 }
-                let mut f = decoded.clone();
                 f.set_pts(Some(pts));
+                let shared = Arc::new(SharedFrame(f));
                 for tx in &senders {
-                    let msg = FrameMsg { frame: f.clone(), starts_segment };
+                    let msg = FrameMsg { frame: Arc::clone(&shared), starts_segment };
                     if tx.send(msg).is_err() {
                         // The worker stopped early; its error surfaces at join.
                         return Err(EncodeError::Worker("a rung encoder stopped".into()));

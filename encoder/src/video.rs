@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 
 use ffmpeg_next::software::scaling;
 use ffmpeg_next::{codec, encoder, format, frame, picture, Dictionary, Packet, Rational};
@@ -12,9 +13,16 @@ use vod::ladder::PlannedRung;
 use crate::error::{ff, EncodeError};
 use crate::mux::SegmentedMuxer;
 
+/// A decoded frame read by every rung thread at once.
+pub struct SharedFrame(pub frame::Video);
+
+// SAFETY: rung threads only read the frame (scaling reads its planes, a
+// reference copies its buffer refs); nothing mutates it once it is shared.
+unsafe impl Sync for SharedFrame {}
+
 /// A decoded source frame and whether a segment starts at it.
 pub struct FrameMsg {
-    pub frame: frame::Video,
+    pub frame: Arc<SharedFrame>,
     pub starts_segment: bool,
 }
 
@@ -66,7 +74,19 @@ pub fn encode_rung(settings: RungSettings, rx: Receiver<FrameMsg>) -> Result<Pat
     let mut scaled = frame::Video::empty();
     let tb = settings.time_base;
     for msg in rx {
-        let src = &msg.frame;
+        let src = &msg.frame.0;
+        if src.width() == r.width && src.height() == r.height && src.format() == format::Pixel::YUV420P {
+            // The rung is the source size: hand x264 a new reference to the
+            // decoded buffers instead of a scaled copy.
+            let mut same = frame::Video::empty();
+            // SAFETY: both frames are valid; av_frame_ref only adds buffer references.
+            let ret = unsafe { ffmpeg_next::ffi::av_frame_ref(same.as_mut_ptr(), src.as_ptr()) };
+            if ret < 0 {
+                return Err(EncodeError::Ffmpeg { stage: "referencing a frame".into(), source: ret.into() });
+            }
+            encode_frame(&mut enc, &mut mux, &mut boundaries, tb, &mut same, msg.starts_segment)?;
+            continue;
+        }
         let sc = match &mut scaler {
             Some(s) => s,
             None => scaler.insert(
@@ -84,18 +104,29 @@ pub fn encode_rung(settings: RungSettings, rx: Receiver<FrameMsg>) -> Result<Pat
         };
         sc.run(src, &mut scaled).map_err(ff("scaling a frame"))?;
         scaled.set_pts(src.pts());
-        if msg.starts_segment {
-            scaled.set_kind(picture::Type::I);
-            boundaries.push_back(src.pts().unwrap_or(0));
-        } else {
-            scaled.set_kind(picture::Type::None);
-        }
-        enc.send_frame(&scaled).map_err(ff("sending a frame to libx264"))?;
-        drain(&mut enc, &mut mux, &mut boundaries, tb)?;
+        encode_frame(&mut enc, &mut mux, &mut boundaries, tb, &mut scaled, msg.starts_segment)?;
     }
     enc.send_eof().map_err(ff("flushing libx264"))?;
     drain(&mut enc, &mut mux, &mut boundaries, tb)?;
     mux.finish()
+}
+
+fn encode_frame(
+    enc: &mut encoder::Video,
+    mux: &mut SegmentedMuxer,
+    boundaries: &mut VecDeque<i64>,
+    tb: Rational,
+    frame: &mut frame::Video,
+    starts_segment: bool,
+) -> Result<(), EncodeError> {
+    if starts_segment {
+        frame.set_kind(picture::Type::I);
+        boundaries.push_back(frame.pts().unwrap_or(0));
+    } else {
+        frame.set_kind(picture::Type::None);
+    }
+    enc.send_frame(frame).map_err(ff("sending a frame to libx264"))?;
+    drain(enc, mux, boundaries, tb)
 }
 
 fn drain(
