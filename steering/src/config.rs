@@ -1,6 +1,6 @@
 //! Steering's configuration file (TOML) and its validation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +35,48 @@ pub struct Config {
     /// Consecutive failed probes after which an edge is down.
     #[serde(default = "default_failures_to_down")]
     pub probe_failures_to_down: u32,
+    /// Peers (CIDRs) whose `X-Forwarded-For` is honoured; `trust_forwarded_for = true` trusts every peer.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Bearer token edges send with `POST /v1/heartbeat`; unset: heartbeats are refused.
+    #[serde(default)]
+    pub heartbeat_token: Option<String>,
+    /// An edge that has sent heartbeats is out when none arrived for this long.
+    #[serde(default = "default_heartbeat_timeout")]
+    pub heartbeat_timeout_ms: u64,
+    /// First hold-out of an edge that fails again soon after recovering (doubles per flap).
+    #[serde(default = "default_breaker_backoff")]
+    pub breaker_backoff_ms: u64,
+    /// Longest hold-out of a flapping edge.
+    #[serde(default = "default_breaker_max_backoff")]
+    pub breaker_max_backoff_ms: u64,
+    /// A failure this soon after a recovery counts as a flap.
+    #[serde(default = "default_breaker_window")]
+    pub breaker_window_ms: u64,
+    /// An edge whose load reaches this percentage of its `max_load_bps` is skipped (ranked after the others).
+    #[serde(default = "default_overload_percent")]
+    pub overload_percent: u32,
+    /// At most this many URLs in an answer (the origin fallback comes on top).
+    #[serde(default = "default_max_urls")]
+    pub max_urls: usize,
+    /// Site → sites to try next, nearest first (after the client's own site).
+    #[serde(default)]
+    pub nearby: BTreeMap<String, Vec<String>>,
+    /// Sites to try first for clients no prefix covers.
+    #[serde(default)]
+    pub fallback_sites: Vec<String>,
+    /// Origin base URL offered last, unsigned, when set (reason `fallback-origin`).
+    #[serde(default)]
+    pub origin_url: Option<String>,
+    /// TTL of content-steering manifests (how often players re-poll), seconds.
+    #[serde(default = "default_steering_ttl")]
+    pub steering_ttl_s: u64,
+    /// Coverage table file: CSV `prefix,site` or Traffic Control coverage-zone JSON; merged with edge prefixes.
+    #[serde(default)]
+    pub coverage_file: Option<PathBuf>,
+    /// How often the coverage file's mtime is checked for a reload.
+    #[serde(default = "default_coverage_reload")]
+    pub coverage_reload_ms: u64,
     /// The edges steering may send players to.
     #[serde(default)]
     pub edges: Vec<EdgeConfig>,
@@ -56,6 +98,9 @@ pub struct EdgeConfig {
     /// A drained edge gets no new players (still probed).
     #[serde(default)]
     pub drained: bool,
+    /// Egress (bits/s) the edge sustains; with heartbeat load it decides overload. A heartbeat's value wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_load_bps: Option<u64>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -67,11 +112,36 @@ fn default_key_id() -> String {
 fn default_ttl() -> u64 {
     3600
 }
+// Probes every second, 500 ms timeout, two failures: a dead edge is out within 2.5 s.
 fn default_probe_interval() -> u64 {
-    2000
+    1000
 }
 fn default_probe_timeout() -> u64 {
-    1000
+    500
+}
+fn default_heartbeat_timeout() -> u64 {
+    2500
+}
+fn default_breaker_backoff() -> u64 {
+    10_000
+}
+fn default_breaker_max_backoff() -> u64 {
+    300_000
+}
+fn default_breaker_window() -> u64 {
+    60_000
+}
+fn default_overload_percent() -> u32 {
+    90
+}
+fn default_max_urls() -> usize {
+    8
+}
+fn default_steering_ttl() -> u64 {
+    10
+}
+fn default_coverage_reload() -> u64 {
+    2000
 }
 fn default_failures_to_down() -> u32 {
     2
@@ -106,6 +176,14 @@ pub enum ConfigError {
     BadPrefix { edge: String, prefix: String, reason: String },
     #[error("prefix {prefix} is claimed by site {first:?} and site {second:?}")]
     PrefixConflict { prefix: IpNet, first: String, second: String },
+    #[error("trusted_proxies: {0:?} is not a CIDR like 127.0.0.1/32")]
+    BadTrustedProxy(String),
+    #[error("origin_url {url:?} is not a usable base URL: {reason}")]
+    BadOriginUrl { url: String, reason: String },
+    #[error("heartbeat_token must not be empty when set")]
+    EmptyHeartbeatToken,
+    #[error("overload_percent must be between 1 and 1000")]
+    BadOverloadPercent,
 }
 
 /// An edge after validation: parsed prefixes and a base URL without trailing slash.
@@ -121,6 +199,8 @@ pub struct Edge {
     pub prefixes: Vec<IpNet>,
     /// Drained edges get no new players.
     pub drained: bool,
+    /// Configured egress capacity, bits/s.
+    pub max_load_bps: Option<u64>,
 }
 
 impl Edge {
@@ -170,12 +250,27 @@ impl Config {
             ("probe_interval_ms", self.probe_interval_ms),
             ("probe_timeout_ms", self.probe_timeout_ms),
             ("probe_failures_to_down", u64::from(self.probe_failures_to_down)),
+            ("heartbeat_timeout_ms", self.heartbeat_timeout_ms),
+            ("max_urls", self.max_urls as u64),
+            ("steering_ttl_s", self.steering_ttl_s),
+            ("coverage_reload_ms", self.coverage_reload_ms),
         ] {
             if v == 0 {
                 return Err(ConfigError::ZeroSetting(name));
             }
         }
-        if self.edges.is_empty() {
+        if !(1..=1000).contains(&self.overload_percent) {
+            return Err(ConfigError::BadOverloadPercent);
+        }
+        self.trusted_proxy_nets()?;
+        if let Some(url) = &self.origin_url {
+            check_base_url(url).map_err(|reason| ConfigError::BadOriginUrl { url: url.clone(), reason })?;
+        }
+        if self.heartbeat_token.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::EmptyHeartbeatToken);
+        }
+        // Edges may also register by heartbeat, but only if heartbeats are enabled.
+        if self.edges.is_empty() && self.heartbeat_token.is_none() {
             return Err(ConfigError::NoEdges);
         }
         let mut edges: Vec<Edge> = Vec::with_capacity(self.edges.len());
@@ -218,14 +313,40 @@ impl Config {
                 }
                 prefixes.push(net);
             }
-            edges.push(Edge { name: e.name.clone(), base_url, site: e.site.clone(), prefixes, drained: e.drained });
+            edges.push(Edge {
+                name: e.name.clone(),
+                base_url,
+                site: e.site.clone(),
+                prefixes,
+                drained: e.drained,
+                max_load_bps: e.max_load_bps,
+            });
         }
         Ok(edges)
+    }
+
+    /// `trusted_proxies` parsed (host bits cleared).
+    pub fn trusted_proxy_nets(&self) -> Result<Vec<IpNet>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|p| {
+                let t = p.trim();
+                t.parse::<IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| ConfigError::BadTrustedProxy(p.clone()))
+            })
+            .collect()
+    }
+
+    /// `origin_url` without trailing slash, if set (call after `validate`).
+    pub fn origin_base(&self) -> Option<String> {
+        self.origin_url.as_deref().and_then(|u| check_base_url(u).ok())
     }
 }
 
 /// Accepts `http(s)://host[:port][/path]` without query or fragment; returns it without trailing slash.
-fn check_base_url(raw: &str) -> Result<String, String> {
+pub(crate) fn check_base_url(raw: &str) -> Result<String, String> {
     let url = reqwest::Url::parse(raw).map_err(|e| e.to_string())?;
     if url.scheme() != "http" && url.scheme() != "https" {
         return Err(format!("scheme must be http or https, not {}", url.scheme()));
@@ -269,7 +390,10 @@ prefixes = ["10.2.3.4/16"]
         assert_eq!(cfg.listen, "127.0.0.1:8090".parse().unwrap());
         assert_eq!(cfg.token_key_id, "k1");
         assert_eq!(cfg.token_ttl_s, 3600);
-        assert_eq!((cfg.probe_interval_ms, cfg.probe_timeout_ms, cfg.probe_failures_to_down), (2000, 1000, 2));
+        assert_eq!((cfg.probe_interval_ms, cfg.probe_timeout_ms, cfg.probe_failures_to_down), (1000, 500, 2));
+        assert_eq!(cfg.heartbeat_timeout_ms, 2500);
+        // Failure detection within 3 s: two failed probes, the second timing out.
+        assert!(cfg.probe_interval_ms * u64::from(cfg.probe_failures_to_down) + cfg.probe_timeout_ms <= 3000);
         let edges = cfg.validate().unwrap();
         assert_eq!(edges[0].base_url, "http://127.0.0.1:4567");
         assert_eq!(edges[0].health_url(), "http://127.0.0.1:4567/health");
@@ -301,5 +425,26 @@ prefixes = ["10.2.3.4/16"]
         assert!(
             err_of(&GOOD.replace("trust_forwarded_for = true", "probe_interval_ms = 0")).contains("probe_interval_ms")
         );
+        let with = |line: &str| GOOD.replace("trust_forwarded_for = true", line);
+        assert!(err_of(&with("trusted_proxies = [\"10.0.0.0/33\"]")).contains("trusted_proxies"));
+        assert!(err_of(&with("origin_url = \"ftp://o\"")).contains("origin_url"));
+        assert!(err_of(&with("heartbeat_token = \"\"")).contains("heartbeat_token"));
+        assert!(err_of(&with("overload_percent = 0")).contains("overload_percent"));
+    }
+
+    #[test]
+    fn new_settings_parse() {
+        let cfg = Config::from_toml_str(&GOOD.replace(
+            "trust_forwarded_for = true",
+            "trusted_proxies = [\"127.0.0.1\", \"10.9.0.0/16\"]\norigin_url = \"http://origin:9000/\"\n\
+             heartbeat_token = \"hb\"\nfallback_sites = [\"lab-a\"]\n[nearby]\nlab-a = [\"lab-b\"]\n",
+        ))
+        .unwrap();
+        let nets: Vec<String> = cfg.trusted_proxy_nets().unwrap().iter().map(ToString::to_string).collect();
+        assert_eq!(nets, vec!["127.0.0.1/32", "10.9.0.0/16"]);
+        assert_eq!(cfg.origin_base().as_deref(), Some("http://origin:9000"));
+        assert_eq!(cfg.nearby["lab-a"], vec!["lab-b"]);
+        // With heartbeats on, edges may come by registration alone.
+        assert!(Config::from_toml_str("token_secret = \"x\"\nheartbeat_token = \"hb\"\n").is_ok());
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use crate::config::Edge;
+use crate::registry::Registry;
 
 /// What steering believes about an edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -106,8 +106,6 @@ pub struct ProbeSettings {
     pub interval: Duration,
     /// Per-probe timeout.
     pub timeout: Duration,
-    /// Consecutive failures that make an edge down.
-    pub failures_to_down: u32,
 }
 
 /// Probes one URL once.
@@ -133,36 +131,38 @@ pub fn probe_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error
         .build()
 }
 
-/// Starts probing every edge each `interval` (first round at once); results go to `health`
-/// (indexed like `edges`). The task ends when `stop` fires or its sender is dropped.
+/// Starts probing every edge of `registry` each `interval` (first round at once) and
+/// records the outcomes there; each round also re-evaluates heartbeat freshness and
+/// breakers. Edges that register later are probed from the next round. The task ends
+/// when `stop` fires or its sender is dropped.
 pub fn spawn_prober(
     client: reqwest::Client,
-    edges: Vec<Edge>,
     settings: ProbeSettings,
-    health: watch::Sender<Vec<EdgeHealth>>,
+    registry: watch::Sender<Registry>,
     mut stop: oneshot::Receiver<()>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(settings.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let urls: Vec<String> = edges.iter().map(Edge::health_url).collect();
         loop {
             let round = async {
                 ticker.tick().await;
-                let outcomes = futures::future::join_all(urls.iter().map(|u| probe(&client, u))).await;
+                let targets = registry.borrow().probe_targets();
+                let outcomes = futures::future::join_all(targets.iter().map(|(_, u)| probe(&client, u))).await;
                 let now = unix_now_ms();
-                health.send_modify(|all| {
-                    for ((h, outcome), edge) in all.iter_mut().zip(outcomes).zip(&edges) {
+                registry.send_modify(|reg| {
+                    for ((name, _), outcome) in targets.iter().zip(outcomes) {
                         let reason = match &outcome {
                             ProbeOutcome::Failed(r) => r.clone(),
                             ProbeOutcome::Ok => String::new(),
                         };
-                        match h.record(outcome, now, settings.failures_to_down) {
-                            Some(HealthState::Down) => tracing::warn!(edge = %edge.name, %reason, "edge down"),
-                            Some(s) => tracing::info!(edge = %edge.name, state = s.as_str(), "edge health"),
+                        match reg.record_probe(name, outcome, now) {
+                            Some(HealthState::Down) => tracing::warn!(edge = %name, %reason, "edge down"),
+                            Some(s) => tracing::info!(edge = %name, state = s.as_str(), "edge health"),
                             None => {}
                         }
                     }
+                    reg.tick(now);
                 });
             };
             tokio::select! {

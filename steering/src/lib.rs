@@ -1,22 +1,38 @@
 //! Steering: where should a player fetch a title from?
 //!
-//! Config-driven edge registry, active health probes, client IP → site by
-//! longest-prefix match, rendezvous ranking of healthy edges, signed edge
-//! URLs (`GET /v1/play`, `GET /v1/redirect`), and fill plans computed from
-//! request logs (`steering fill-plan`).
+//! - [`registry`]: edges from config or registered by heartbeat; probes,
+//!   heartbeats, drain and a circuit breaker decide who is in (pure).
+//! - [`coverage`]: client IP → site by longest-prefix match over the edges'
+//!   prefixes plus a coverage file (CSV or Traffic Control JSON), reloaded
+//!   when it changes.
+//! - [`mod@decide`]: the ranking, a pure function of (client, title, registry,
+//!   policy, now) with a reason per entry (`site-match`, `holds-title`,
+//!   `hash-owner`, `overloaded-skip`, `fallback-origin`, …).
+//! - [`content_steering`]: HLS/DASH content-steering manifests and the
+//!   master-playlist / MPD rewrites that point players at them.
+//! - [`server`]: `GET /v1/play/{title}`, `GET /v1/redirect/{title}/{path}`,
+//!   `GET /v1/steering/{title}`, `POST /v1/heartbeat`, `GET /v1/edges`,
+//!   `GET /health`.
+//! - [`fill`]: fill plans from request logs (`steering fill-plan`).
 
+pub mod client_ip;
 pub mod config;
+pub mod content_steering;
 pub mod coverage;
+pub mod decide;
 pub mod fill;
 pub mod health;
 pub mod rank;
+pub mod registry;
 pub mod server;
 
 pub use config::{Config, ConfigError, Edge, EdgeConfig};
 pub use coverage::{CoverageMap, CoverageMatch};
+pub use decide::{decide, Choice, Policy, Reason, Target};
 pub use fill::{plan_fill, FillError};
 pub use health::{EdgeHealth, HealthState};
-pub use rank::{rank, EdgeStatus, RankedEdge};
+pub use rank::rendezvous_weight;
+pub use registry::{OutReason, Registry, RegistrySettings};
 pub use server::run;
 
 /// Why the steering service could not start or stopped with an error.
@@ -24,6 +40,8 @@ pub use server::run;
 pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Coverage(#[from] coverage::CoverageError),
     #[error("building the health-probe HTTP client: {0}")]
     ProbeClient(#[from] reqwest::Error),
     #[error("serving HTTP: {0}")]

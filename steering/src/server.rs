@@ -1,36 +1,51 @@
-//! The steering HTTP service: `/v1/play`, `/v1/redirect`, `/v1/edges`, `/health`.
+//! The steering HTTP service: `/v1/play`, `/v1/redirect`, `/v1/steering`,
+//! `/v1/heartbeat`, `/v1/edges`, `/health`.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
-use vod::steering::{Format, PlayResponse, PlayUrl};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use vod::steering::{Format, Heartbeat, PlayResponse, PlayUrl};
 use vod::token::TokenKey;
 use vod::{ObjectKey, TitleId};
 
+use crate::client_ip::{client_ip, Forwarding};
 use crate::config::{Config, Edge};
-use crate::coverage::CoverageMap;
+use crate::content_steering::{is_pathway_id, steering_manifest, Pathway};
+use crate::coverage::{self, CoverageMap};
+use crate::decide::{decide, Policy, Target};
 use crate::health::{self, EdgeHealth, ProbeSettings};
-use crate::rank::{rank, EdgeStatus, RankedEdge};
+use crate::registry::{HeartbeatError, Registry, RegistrySettings};
 use crate::Error;
 
-/// Read-only state shared by the handlers; health is published by the prober.
+/// Largest heartbeat body accepted (about half a million title ids).
+const HEARTBEAT_MAX_BYTES: usize = 16 << 20;
+
+/// State shared by the handlers. The registry is written by the prober and by
+/// heartbeats, read by every decision; the coverage table is swapped whole on reload.
 struct AppState {
-    edges: Vec<Edge>,
-    coverage: CoverageMap,
+    registry: watch::Sender<Registry>,
+    coverage: watch::Receiver<Arc<CoverageMap>>,
     key: TokenKey,
     ttl_s: u64,
-    trust_forwarded_for: bool,
-    health: watch::Receiver<Vec<EdgeHealth>>,
+    forwarding: Forwarding,
+    policy: Policy,
+    origin: Option<String>,
+    heartbeat_token: Option<String>,
+    steering_ttl_s: u64,
 }
 
 /// An error answered as `{"error": "..."}`.
@@ -50,55 +65,74 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         resp
     }
-}
-
-/// The client address used for coverage: the peer, or the first `X-Forwarded-For`
-/// address when that header is trusted and parses (else the peer).
-pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trust_forwarded_for: bool) -> IpAddr {
-    if !trust_forwarded_for {
-        return peer;
-    }
-    let Some(first) = forwarded_for.and_then(|v| v.split(',').next()).map(str::trim) else {
-        return peer;
-    };
-    first
-        .parse::<IpAddr>()
-        .or_else(|_| first.parse::<SocketAddr>().map(|s| s.ip()))
-        .map(|ip| ip.to_canonical())
-        .unwrap_or(peer)
 }
 
 fn unix_now_s() -> u64 {
     health::unix_now_ms() / 1000
 }
 
+/// One ranked candidate, resolved against the registry snapshot.
+struct Resolved {
+    base: String,
+    edge: String,
+    site: String,
+    reasons: Vec<String>,
+    /// Edges get signed URLs; the origin fallback does not.
+    signed: bool,
+}
+
 impl AppState {
-    /// Ranks the usable edges for `title` as seen from `ip`; 503 when there is none.
-    fn choose(&self, title: &TitleId, ip: IpAddr) -> Result<Vec<RankedEdge>, ApiError> {
-        let client = self.coverage.lookup(ip);
-        let health = self.health.borrow().clone();
-        let statuses: Vec<EdgeStatus<'_>> = self
-            .edges
+    /// Ranks where the client at `ip` should fetch `title`; 503 when nowhere.
+    fn choose(&self, title: &TitleId, ip: IpAddr) -> Result<Vec<Resolved>, ApiError> {
+        let client = self.coverage.borrow().lookup(ip);
+        let now = health::unix_now_ms();
+        let reg = self.registry.borrow();
+        let choices = decide(client.as_ref(), title, &reg, &self.policy, now);
+        let resolved: Vec<Resolved> = choices
             .iter()
-            .zip(&health)
-            .map(|(e, h)| EdgeStatus { name: &e.name, site: &e.site, health: h.state, drained: e.drained })
+            .filter_map(|c| match c.target {
+                Target::Edge(i) => {
+                    let e = &reg.edges()[i].edge;
+                    Some(Resolved {
+                        base: e.base_url.clone(),
+                        edge: e.name.clone(),
+                        site: e.site.clone(),
+                        reasons: c.reason_strings(),
+                        signed: true,
+                    })
+                }
+                Target::Origin => self.origin.as_ref().map(|o| Resolved {
+                    base: o.clone(),
+                    edge: "origin".to_owned(),
+                    site: "origin".to_owned(),
+                    reasons: c.reason_strings(),
+                    signed: false,
+                }),
+            })
             .collect();
-        let ranked = rank(title, client.as_ref(), &statuses);
-        tracing::debug!(%title, %ip, site = ?client.as_ref().map(|c| &c.site), candidates = ranked.len(), "ranked");
-        if ranked.is_empty() {
+        drop(reg);
+        tracing::debug!(%title, %ip, site = ?client.as_ref().map(|c| &c.site), candidates = resolved.len(), "decided");
+        if resolved.is_empty() {
             return Err(ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: "no healthy edge available".to_owned(),
             });
         }
-        Ok(ranked)
+        Ok(resolved)
     }
 
-    /// `{edge}/t/{token}/{key}`.
-    fn signed_url(&self, edge: &Edge, token: &str, key: &str) -> String {
-        format!("{}/t/{token}/{key}", edge.base_url)
+    /// `{edge}/t/{token}/{key}` for edges, `{origin}/{key}` for the origin.
+    fn url(&self, r: &Resolved, token: &str, key: &str) -> String {
+        if r.signed {
+            format!("{}/t/{token}/{key}", r.base)
+        } else {
+            format!("{}/{key}", r.base)
+        }
     }
 
     fn token(&self, title: &TitleId) -> String {
@@ -107,7 +141,7 @@ impl AppState {
 
     fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        client_ip(peer.ip().to_canonical(), xff, self.trust_forwarded_for)
+        client_ip(peer.ip(), xff, &self.forwarding)
     }
 }
 
@@ -136,15 +170,7 @@ async fn play(
     let key = format!("titles/{title}/{}", format.manifest_path());
     let urls = ranked
         .into_iter()
-        .map(|c| {
-            let edge = &s.edges[c.index];
-            PlayUrl {
-                url: s.signed_url(edge, &token, &key),
-                edge: edge.name.clone(),
-                site: edge.site.clone(),
-                reasons: c.reasons,
-            }
-        })
+        .map(|r| PlayUrl { url: s.url(&r, &token, &key), edge: r.edge, site: r.site, reasons: r.reasons })
         .collect();
     let body = PlayResponse { title: title.to_string(), format, ttl_s: s.ttl_s, urls };
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
@@ -161,8 +187,7 @@ async fn redirect(
     let key = ObjectKey::parse(&format!("titles/{title}/{rest}"))
         .map_err(|e| ApiError::bad_request(format!("bad object path {rest:?}: {e}")))?;
     let ranked = s.choose(&title, s.client(peer, &headers))?;
-    let best = &s.edges[ranked[0].index];
-    let location = s.signed_url(best, &s.token(&title), &key.to_string());
+    let location = s.url(&ranked[0], &s.token(&title), &key.to_string());
     let location = HeaderValue::from_str(&location).map_err(|_| ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         message: "edge URL is not a valid header value".to_owned(),
@@ -174,34 +199,192 @@ async fn redirect(
         .into_response())
 }
 
+/// `GET /v1/steering/{title}` query: the format, plus what HLS/DASH players report.
+#[derive(Debug, Deserialize)]
+struct SteeringQuery {
+    format: Option<Format>,
+    #[serde(rename = "_HLS_pathway")]
+    hls_pathway: Option<String>,
+    #[serde(rename = "_HLS_throughput")]
+    hls_throughput: Option<String>,
+    #[serde(rename = "_DASH_pathway")]
+    dash_pathway: Option<String>,
+    #[serde(rename = "_DASH_throughput")]
+    dash_throughput: Option<String>,
+}
+
+/// `host[:port]` of a base URL.
+fn host_of(base: &str) -> Option<String> {
+    let url = reqwest::Url::parse(base).ok()?;
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    })
+}
+
+/// The content-steering manifest: one pathway per candidate edge, re-decided on every poll.
+async fn steering(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<SteeringQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let title = parse_title(path)?;
+    let Query(q) = query.map_err(|_| ApiError::bad_request("format must be hls or dash"))?;
+    let format = q.format.unwrap_or(Format::Hls);
+    let ranked = s.choose(&title, s.client(peer, &headers))?;
+    let pathways: Vec<Pathway> = ranked
+        .iter()
+        .filter(|r| r.signed && is_pathway_id(&r.edge))
+        .filter_map(|r| Some(Pathway { id: r.edge.clone(), host: host_of(&r.base)? }))
+        .collect();
+    if pathways.is_empty() {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "no healthy edge available".to_owned(),
+        });
+    }
+    let (current, throughput) = match format {
+        Format::Hls => (q.hls_pathway, q.hls_throughput),
+        Format::Dash => (q.dash_pathway, q.dash_throughput),
+    };
+    tracing::debug!(%title, ?current, ?throughput, best = %pathways[0].id, "steering poll");
+    let fmt = match format {
+        Format::Hls => "hls",
+        Format::Dash => "dash",
+    };
+    let reload = format!("/v1/steering/{title}?format={fmt}");
+    let manifest = steering_manifest(format, s.steering_ttl_s, reload, &pathways);
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(manifest)).into_response())
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `POST /v1/heartbeat` answer.
+#[derive(Debug, Serialize)]
+struct HeartbeatAck {
+    edge: String,
+    /// Whether the edge gets players right now.
+    available: bool,
+    /// Why not, if it does not.
+    out_reason: Option<&'static str>,
+    /// Send the next heartbeat within this long (a third of the timeout: two may be lost).
+    interval_ms: u64,
+}
+
+async fn heartbeat(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<Heartbeat>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Some(expected) = &s.heartbeat_token else {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: "heartbeats are disabled (no heartbeat_token configured)".to_owned(),
+        });
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if !presented.is_some_and(|p| same_secret(p.as_bytes(), expected.as_bytes())) {
+        return Err(ApiError { status: StatusCode::UNAUTHORIZED, message: "missing or wrong bearer token".to_owned() });
+    }
+    let Json(hb) = body.map_err(|e| ApiError::bad_request(format!("bad heartbeat: {}", e.body_text())))?;
+    let now = health::unix_now_ms();
+    let mut applied = Err(HeartbeatError::BadName);
+    s.registry.send_modify(|reg| applied = reg.heartbeat(hb, now));
+    let i = applied.map_err(|e| match e {
+        HeartbeatError::UnknownEdge(_) => ApiError { status: StatusCode::NOT_FOUND, message: e.to_string() },
+        e => ApiError::bad_request(e.to_string()),
+    })?;
+    let reg = s.registry.borrow();
+    let out = reg.out_reason(i, now);
+    let ack = HeartbeatAck {
+        edge: reg.edges()[i].edge.name.clone(),
+        available: out.is_none(),
+        out_reason: out.map(|o| o.as_str()),
+        interval_ms: (reg.settings().heartbeat_timeout_ms / 3).max(1),
+    };
+    drop(reg);
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(ack)).into_response())
+}
+
+/// What `/v1/edges` says about an edge's last heartbeat.
+#[derive(Debug, Serialize)]
+struct HeartbeatReport {
+    age_ms: u64,
+    ok: bool,
+    load_bps: u64,
+    connections: u64,
+    capacity_bytes: u64,
+    max_load_bps: u64,
+    drained: bool,
+    titles: usize,
+}
+
 /// One edge as `/v1/edges` reports it.
 #[derive(Debug, Serialize)]
-struct EdgeReport<'a> {
-    name: &'a str,
-    url: &'a str,
-    site: &'a str,
+struct EdgeReport {
+    name: String,
+    url: String,
+    site: String,
     prefixes: Vec<String>,
     drained: bool,
     #[serde(flatten)]
     health: EdgeHealth,
+    available: bool,
+    out_reason: Option<&'static str>,
+    overloaded: bool,
+    heartbeat: Option<HeartbeatReport>,
+    breaker_backoff_ms: u64,
+    breaker_open_until_unix_ms: u64,
 }
 
 async fn edges(State(s): State<Arc<AppState>>) -> Response {
-    let health = s.health.borrow().clone();
-    let edges: Vec<EdgeReport<'_>> = s
-        .edges
+    let now = health::unix_now_ms();
+    let reg = s.registry.borrow();
+    let edges: Vec<EdgeReport> = reg
+        .edges()
         .iter()
-        .zip(health)
-        .map(|(e, health)| EdgeReport {
-            name: &e.name,
-            url: &e.base_url,
-            site: &e.site,
-            prefixes: e.prefixes.iter().map(ToString::to_string).collect(),
-            drained: e.drained,
-            health,
+        .enumerate()
+        .map(|(i, e)| {
+            let out = reg.out_reason(i, now);
+            EdgeReport {
+                name: e.edge.name.clone(),
+                url: e.edge.base_url.clone(),
+                site: e.edge.site.clone(),
+                prefixes: e.edge.prefixes.iter().map(ToString::to_string).collect(),
+                drained: e.edge.drained,
+                health: e.probe.clone(),
+                available: out.is_none(),
+                out_reason: out.map(|o| o.as_str()),
+                overloaded: e.overloaded(s.policy.overload_percent),
+                heartbeat: e.heartbeat.as_ref().map(|h| HeartbeatReport {
+                    age_ms: now.saturating_sub(h.at_ms),
+                    ok: h.ok,
+                    load_bps: h.load_bps,
+                    connections: h.connections,
+                    capacity_bytes: h.capacity_bytes,
+                    max_load_bps: h.max_load_bps,
+                    drained: h.drained,
+                    titles: h.titles.len(),
+                }),
+                breaker_backoff_ms: e.breaker.backoff_ms,
+                breaker_open_until_unix_ms: e.breaker.open_until_ms,
+            }
         })
         .collect();
-    ([(header::CACHE_CONTROL, "no-store")], Json(serde_json::json!({ "edges": edges }))).into_response()
+    drop(reg);
+    let prefixes = s.coverage.borrow().len();
+    ([(header::CACHE_CONTROL, "no-store")], Json(serde_json::json!({ "edges": edges, "coverage_prefixes": prefixes })))
+        .into_response()
 }
 
 async fn health_check() -> &'static str {
@@ -227,46 +410,129 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health_check))
         .route("/v1/play/{title}", get(play))
         .route("/v1/redirect/{title}/{*path}", get(redirect))
+        .route("/v1/steering/{title}", get(steering))
+        // A heartbeat lists every title an edge holds: allow big ones.
+        .route("/v1/heartbeat", post(heartbeat).layer(DefaultBodyLimit::max(HEARTBEAT_MAX_BYTES)))
         .route("/v1/edges", get(edges))
         .fallback(not_found)
         .layer(middleware::from_fn(cors))
         .with_state(state)
 }
 
-/// Validates `config`, starts the health prober and serves on `listener` until
-/// `shutdown` resolves; then stops the prober and waits for it.
+/// Reloads the coverage file when its modification time changes; a file that no
+/// longer parses is logged and the previous table kept.
+fn spawn_coverage_reloader(
+    path: PathBuf,
+    edges: Vec<Edge>,
+    interval: Duration,
+    table: watch::Sender<Arc<CoverageMap>>,
+    mut stop: oneshot::Receiver<()>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let mut seen = mtime(&path);
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                _ = ticker.tick() => {}
+            }
+            let now = mtime(&path);
+            if now == seen {
+                continue;
+            }
+            let p = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || coverage::load_file(&p)).await;
+            match loaded {
+                Ok(Ok(entries)) => {
+                    let map = CoverageMap::build(&edges, entries);
+                    tracing::info!(file = %path.display(), prefixes = map.len(), "coverage reloaded");
+                    table.send_replace(Arc::new(map));
+                    seen = now;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "coverage file not reloaded; keeping the previous table");
+                    seen = now;
+                }
+                Err(e) => tracing::warn!(error = %e, "coverage reload task failed"),
+            }
+        }
+        tracing::debug!("coverage reloader stopped");
+    })
+}
+
+/// Validates `config`, starts the health prober (and the coverage reloader when a
+/// coverage file is configured) and serves on `listener` until `shutdown` resolves;
+/// then stops the background tasks and waits for them.
 pub async fn run(
     config: Config,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let edges = config.validate()?;
-    let client = health::probe_client(config.probe_timeout())?;
-    let (health_tx, health_rx) = watch::channel(vec![EdgeHealth::default(); edges.len()]);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let settings = ProbeSettings {
-        interval: config.probe_interval(),
-        timeout: config.probe_timeout(),
-        failures_to_down: config.probe_failures_to_down,
+    let file_entries = match &config.coverage_file {
+        Some(path) => coverage::load_file(path)?,
+        None => Vec::new(),
     };
-    let prober = health::spawn_prober(client, edges.clone(), settings, health_tx, stop_rx);
+    let (coverage_tx, coverage_rx) = watch::channel(Arc::new(CoverageMap::build(&edges, file_entries)));
+    let client = health::probe_client(config.probe_timeout())?;
+    let registry = Registry::new(
+        edges.clone(),
+        RegistrySettings {
+            heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+            failures_to_down: config.probe_failures_to_down,
+            breaker_backoff_ms: config.breaker_backoff_ms,
+            breaker_max_backoff_ms: config.breaker_max_backoff_ms,
+            breaker_window_ms: config.breaker_window_ms,
+        },
+    );
+    let (registry_tx, _registry_rx) = watch::channel(registry);
+    let (stop_probe_tx, stop_probe_rx) = oneshot::channel::<()>();
+    let (stop_cov_tx, stop_cov_rx) = oneshot::channel::<()>();
+    let settings = ProbeSettings { interval: config.probe_interval(), timeout: config.probe_timeout() };
+    let prober = health::spawn_prober(client, settings, registry_tx.clone(), stop_probe_rx);
+    let reloader = config.coverage_file.clone().map(|path| {
+        spawn_coverage_reloader(
+            path,
+            edges.clone(),
+            Duration::from_millis(config.coverage_reload_ms),
+            coverage_tx,
+            stop_cov_rx,
+        )
+    });
+    let origin = config.origin_base();
     let state = Arc::new(AppState {
-        coverage: CoverageMap::from_edges(&edges),
-        edges,
+        registry: registry_tx,
+        coverage: coverage_rx,
         key: TokenKey::new(config.token_key_id.clone(), config.token_secret.clone().into_bytes()),
         ttl_s: config.token_ttl_s,
-        trust_forwarded_for: config.trust_forwarded_for,
-        health: health_rx,
+        forwarding: Forwarding { trust_all: config.trust_forwarded_for, proxies: config.trusted_proxy_nets()? },
+        policy: Policy {
+            overload_percent: config.overload_percent,
+            max_urls: config.max_urls,
+            nearby: config.nearby.clone(),
+            fallback_sites: config.fallback_sites.clone(),
+            origin: origin.is_some(),
+        },
+        origin,
+        heartbeat_token: config.heartbeat_token.clone(),
+        steering_ttl_s: config.steering_ttl_s,
     });
-    // Whether serving ends by the signal or by an error, `stop_tx` is sent or
-    // dropped, and either ends the prober.
+    // Whether serving ends by the signal or by an error, the stop senders are sent or
+    // dropped, and either ends the background tasks.
     let served = axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
-            let _ = stop_tx.send(());
+            let _ = stop_probe_tx.send(());
+            let _ = stop_cov_tx.send(());
         })
         .await;
     prober.await?;
+    if let Some(r) = reloader {
+        r.await?;
+    }
     served?;
     Ok(())
 }
@@ -276,14 +542,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn forwarded_for_is_used_only_when_trusted() {
-        let peer: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(peer, Some("10.1.2.3, 10.9.9.9"), false), peer);
-        assert_eq!(client_ip(peer, Some("10.1.2.3, 10.9.9.9"), true), "10.1.2.3".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(peer, Some(" 2001:db8::1 "), true), "2001:db8::1".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(peer, Some("10.1.2.3:5555"), true), "10.1.2.3".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(peer, Some("::ffff:10.1.2.3"), true), "10.1.2.3".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(peer, Some("garbage"), true), peer);
-        assert_eq!(client_ip(peer, None, true), peer);
+    fn secrets_compare_exactly() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn host_keeps_the_port() {
+        assert_eq!(host_of("http://127.0.0.1:4567").as_deref(), Some("127.0.0.1:4567"));
+        assert_eq!(host_of("https://edge.example").as_deref(), Some("edge.example"));
     }
 }

@@ -75,7 +75,14 @@ struct Steering {
 }
 
 fn edge(name: &str, url: &str, site: &str, prefix: &str) -> EdgeConfig {
-    EdgeConfig { name: name.into(), url: url.into(), site: site.into(), prefixes: vec![prefix.into()], drained: false }
+    EdgeConfig {
+        name: name.into(),
+        url: url.into(),
+        site: site.into(),
+        prefixes: vec![prefix.into()],
+        drained: false,
+        max_load_bps: None,
+    }
 }
 
 fn config(edges: Vec<EdgeConfig>, trust_forwarded_for: bool) -> Config {
@@ -186,9 +193,9 @@ async fn play_ranks_the_client_site_first_with_signed_urls() {
     assert_eq!((p.title.as_str(), p.format, p.ttl_s), ("bbb", Format::Hls, 3600));
     let sites: Vec<&str> = p.urls.iter().map(|u| u.site.as_str()).collect();
     assert_eq!(sites, vec!["lab-a", "lab-a", "lab-b"]);
-    assert_eq!(p.urls[0].reasons[0], "in client site lab-a via 10.1.0.0/16");
-    assert_eq!(p.urls[0].reasons[1], "rendezvous rank 1 of 2 in site");
-    assert!(p.urls[2].reasons[0].starts_with("outside client site lab-a"));
+    assert_eq!(p.urls[0].reasons[..2], ["site-match", "hash-owner"]);
+    assert_eq!(p.urls[1].reasons[..2], ["site-match", "hash-rank-2"]);
+    assert_eq!(p.urls[2].reasons[..2], ["other-site", "hash-owner"]);
     for u in &p.urls {
         let edge_url =
             [(&"a1", &a1.url), (&"a2", &a2.url), (&"b1", &b1.url)].into_iter().find(|(n, _)| **n == u.edge).unwrap().1;
@@ -209,7 +216,7 @@ async fn play_ranks_the_client_site_first_with_signed_urls() {
 
     let p = play_ok(&c, &s.base, "bbb", "192.0.2.1").await;
     assert_eq!(p.urls.len(), 3);
-    assert!(p.urls.iter().all(|u| u.reasons[0] == "site fallback: client not in any covered prefix"));
+    assert!(p.urls.iter().all(|u| u.reasons[0] == "no-coverage"));
 
     for bad in ["/v1/play/BBB", "/v1/play/bbb?format=flv", "/v1/play/a%2Fb"] {
         let resp = play(&c, &s.base, bad, None).await;
@@ -226,7 +233,7 @@ async fn forwarded_for_is_ignored_unless_trusted() {
     let a1 = FakeEdge::start().await;
     let s = start_steering(config(vec![edge("a1", &a1.url, "lab-a", "10.1.0.0/16")], false)).await;
     let p = play_ok(&client(), &s.base, "bbb", "10.1.2.3").await;
-    assert_eq!(p.urls[0].reasons[0], "site fallback: client not in any covered prefix");
+    assert_eq!(p.urls[0].reasons[0], "no-coverage");
     s.shut_down().await;
 }
 
@@ -301,7 +308,7 @@ async fn unhealthy_edges_are_skipped_and_return_after_recovery() {
     let p = play_ok(&c, &s.base, "bbb", "10.1.0.5").await;
     let edges: Vec<&str> = p.urls.iter().map(|u| u.edge.as_str()).collect();
     assert_eq!(edges, vec!["b1"], "a down edge must not be offered");
-    assert!(p.urls[0].reasons[0].starts_with("outside client site lab-a"));
+    assert_eq!(p.urls[0].reasons[0], "other-site");
 
     // An edge whose health endpoint stops answering at all.
     b1.shut_down().await;

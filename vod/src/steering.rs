@@ -37,3 +37,62 @@ pub struct PlayResponse {
     pub ttl_s: u64,
     pub urls: Vec<PlayUrl>,
 }
+
+/// `POST /v1/heartbeat` body: what an edge tells steering every few seconds.
+///
+/// Only `edge` is required; the rest default to "healthy, idle, holds nothing".
+/// An edge steering does not know yet registers itself by sending `url` and `site`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The edge's unique name (as in steering's config).
+    pub edge: String,
+    /// The edge's own view of its health.
+    #[serde(default = "default_true")]
+    pub ok: bool,
+    /// Egress load in bits per second.
+    #[serde(default)]
+    pub load_bps: u64,
+    /// Open client connections.
+    #[serde(default)]
+    pub connections: u64,
+    /// Cache capacity in bytes (RAM + disk).
+    #[serde(default)]
+    pub capacity_bytes: u64,
+    /// Egress the edge can sustain, bits per second (0: unknown).
+    #[serde(default)]
+    pub max_load_bps: u64,
+    /// The edge asks for no new players (operator drain or shutting down).
+    #[serde(default)]
+    pub drained: bool,
+    /// Titles the edge holds (fully or mostly) in its cache.
+    #[serde(default)]
+    pub titles: Vec<String>,
+    /// Base URL, needed only when registering an edge steering does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Site, needed only when registering an edge steering does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Heartbeat {
+    /// A healthy, idle heartbeat for `edge` holding nothing.
+    pub fn new(edge: impl Into<String>) -> Self {
+        Self {
+            edge: edge.into(),
+            ok: true,
+            load_bps: 0,
+            connections: 0,
+            capacity_bytes: 0,
+            max_load_bps: 0,
+            drained: false,
+            titles: Vec::new(),
+            url: None,
+            site: None,
+        }
+    }
+}
