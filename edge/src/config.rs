@@ -8,6 +8,15 @@ use serde::Deserialize;
 
 use crate::error::EdgeError;
 
+/// The disk tier policies a config can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskPolicyName {
+    #[default]
+    Frequency,
+    Fifo,
+}
+
 /// Everything `edge serve` needs.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,28 +24,55 @@ pub struct EdgeConfig {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Base URL of the upstream (the origin, later a parent edge), `http://` only.
+    /// Base URL of the first upstream (a parent edge or the origin), `http://` only.
     pub upstream: String,
+    /// Further upstreams, tried in order when the ones before fail.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
+    /// An upstream's circuit breaker opens after this many failures in a row.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker keeps requests off its upstream.
+    #[serde(default = "default_breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
     /// Name in logs, metrics and `X-Served-By`.
     #[serde(default = "default_name")]
     pub name: String,
     /// Capacity of the RAM tier in bytes.
     pub ram_bytes: u64,
-    /// Directory of the disk tier. Accepted, not used yet: this version caches in RAM only.
+    /// Directory of the disk tier (store file and index journal); with `disk_bytes`.
     #[serde(default)]
     pub disk_path: Option<PathBuf>,
-    /// Capacity of the disk tier. Accepted, not used yet.
+    /// Capacity of the disk tier (the store file's size); with `disk_path`.
     #[serde(default)]
     pub disk_bytes: Option<u64>,
+    /// Disk tier policy: `frequency` (count-min admission + reinsertion) or `fifo`.
+    #[serde(default)]
+    pub disk_policy: DiskPolicyName,
+    /// Disk tier region size (eviction unit, largest cacheable object); default 1/16 of the disk, 4–256 MiB.
+    #[serde(default)]
+    pub disk_region_bytes: Option<u64>,
     /// Key id that tokens must name.
     #[serde(default = "default_key_id")]
     pub token_key_id: String,
     /// Secret shared with steering; without it every signed path is refused.
     #[serde(default)]
     pub token_secret: Option<String>,
+    /// A fill plan (JSON) to pull onto the disk tier, pinned, at start.
+    #[serde(default)]
+    pub prefill_plan: Option<PathBuf>,
+    /// Cap on prefill traffic from upstream; unset = as fast as the upstream sends.
+    #[serde(default)]
+    pub prefill_rate_bytes_per_s: Option<u64>,
+    /// Bearer token for `/admin/...`; without it the admin API is off.
+    #[serde(default)]
+    pub admin_token: Option<String>,
     /// Append one CSV row per object request here (`ts_ms,client_ip,key,bytes`).
     #[serde(default)]
     pub request_log: Option<PathBuf>,
+    /// Connections held open at once; more wait in the kernel's accept backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Give up on the upstream after this long without a connection or new bytes.
     #[serde(default = "default_upstream_timeout_ms")]
     pub upstream_timeout_ms: u64,
@@ -47,6 +83,15 @@ pub struct EdgeConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_breaker_failures() -> u32 {
+    3
+}
+fn default_breaker_cooldown_ms() -> u64 {
+    5000
 }
 fn default_name() -> String {
     "edge".into()
@@ -68,16 +113,30 @@ impl EdgeConfig {
         Self {
             listen: default_listen(),
             upstream: upstream.into(),
+            upstreams: Vec::new(),
+            breaker_failures: default_breaker_failures(),
+            breaker_cooldown_ms: default_breaker_cooldown_ms(),
             name: default_name(),
             ram_bytes,
             disk_path: None,
             disk_bytes: None,
+            disk_policy: DiskPolicyName::default(),
+            disk_region_bytes: None,
             token_key_id: default_key_id(),
             token_secret: None,
+            admin_token: None,
+            prefill_plan: None,
+            prefill_rate_bytes_per_s: None,
             request_log: None,
+            max_connections: default_max_connections(),
             upstream_timeout_ms: default_upstream_timeout_ms(),
             manifest_ttl_ms: default_manifest_ttl_ms(),
         }
+    }
+
+    /// Every upstream in the order they are tried.
+    pub fn all_upstreams(&self) -> Vec<&str> {
+        std::iter::once(self.upstream.as_str()).chain(self.upstreams.iter().map(String::as_str)).collect()
     }
 
     /// The upstream timeout as a duration.
@@ -90,27 +149,58 @@ impl EdgeConfig {
         Duration::from_millis(self.manifest_ttl_ms)
     }
 
-    /// True if a disk tier was asked for (which this version does not have yet).
+    /// True if a disk tier was asked for.
     pub fn disk_requested(&self) -> bool {
         self.disk_path.is_some() || self.disk_bytes.is_some()
     }
 
+    /// The disk tier's settings, if one is configured.
+    pub fn disk(&self) -> Option<crate::disk::DiskConfig> {
+        match (&self.disk_path, self.disk_bytes) {
+            (Some(dir), Some(bytes)) => Some(crate::disk::DiskConfig {
+                region_bytes: self.disk_region_bytes,
+                policy: match self.disk_policy {
+                    DiskPolicyName::Frequency => crate::disk_log::DiskPolicy::Frequency,
+                    DiskPolicyName::Fifo => crate::disk_log::DiskPolicy::Fifo,
+                },
+                ..crate::disk::DiskConfig::new(dir.clone(), bytes)
+            }),
+            _ => None,
+        }
+    }
+
     /// Rejects settings the edge cannot run with.
     pub fn validate(&self) -> Result<(), EdgeError> {
-        let rest = self.upstream.strip_prefix("http://").ok_or_else(|| {
-            EdgeError::Config(format!(
-                "upstream {:?} must be an http:// URL (this build has no TLS client)",
-                self.upstream
-            ))
-        })?;
-        if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains(['/', '?', '#']) {
-            return Err(EdgeError::Config(format!(
-                "upstream {:?} must be a base URL like http://host:port, without a path",
-                self.upstream
-            )));
+        for upstream in self.all_upstreams() {
+            let rest = upstream.strip_prefix("http://").ok_or_else(|| {
+                EdgeError::Config(format!(
+                    "upstream {upstream:?} must be an http:// URL (this build has no TLS client)"
+                ))
+            })?;
+            if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains(['/', '?', '#']) {
+                return Err(EdgeError::Config(format!(
+                    "upstream {upstream:?} must be a base URL like http://host:port, without a path"
+                )));
+            }
+        }
+        if self.prefill_plan.is_some() && self.disk_path.is_none() {
+            return Err(EdgeError::Config("prefill_plan needs a disk tier (disk_path, disk_bytes)".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(EdgeError::Config("max_connections must be above 0".into()));
+        }
+        if self.breaker_failures == 0 {
+            return Err(EdgeError::Config("breaker_failures must be above 0".into()));
         }
         if self.upstream_timeout_ms == 0 {
             return Err(EdgeError::Config("upstream_timeout_ms must be above 0".into()));
+        }
+        match (&self.disk_path, self.disk_bytes) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(EdgeError::Config("disk_path and disk_bytes go together".into()));
+            }
+            (_, Some(0)) => return Err(EdgeError::Config("disk_bytes must be above 0".into())),
+            _ => {}
         }
         if self.name.is_empty() {
             return Err(EdgeError::Config("name must not be empty".into()));
@@ -128,16 +218,17 @@ pub struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8081 (port 0 picks one).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Base URL of the origin, e.g. http://127.0.0.1:8080.
+    /// Base URL of an upstream, e.g. http://127.0.0.1:8080; repeat it for
+    /// fallbacks, tried in the order given.
     #[arg(long)]
-    pub upstream: Option<String>,
+    pub upstream: Vec<String>,
     /// RAM tier capacity in bytes.
     #[arg(long)]
     pub ram_bytes: Option<u64>,
-    /// Disk tier directory (accepted; this version caches in RAM only).
+    /// Disk tier directory (store file and index journal).
     #[arg(long)]
     pub disk_path: Option<PathBuf>,
-    /// Disk tier capacity in bytes (accepted; this version caches in RAM only).
+    /// Disk tier capacity in bytes (the size of its store file).
     #[arg(long)]
     pub disk_bytes: Option<u64>,
     /// Secret shared with steering for path tokens.
@@ -152,6 +243,15 @@ pub struct ServeArgs {
     /// Append a CSV row per object request to this file.
     #[arg(long)]
     pub request_log: Option<PathBuf>,
+    /// Most connections held open at once (default 10000).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Fill plan JSON to pull onto the disk tier (pinned) at start.
+    #[arg(long)]
+    pub prefill: Option<PathBuf>,
+    /// Bearer token that unlocks /admin/status and /admin/purge.
+    #[arg(long)]
+    pub admin_token: Option<String>,
 }
 
 impl ServeArgs {
@@ -182,8 +282,9 @@ impl ServeArgs {
         if let Some(v) = &self.listen {
             set("listen", toml::Value::String(v.to_string()));
         }
-        if let Some(v) = &self.upstream {
-            set("upstream", toml::Value::String(v.clone()));
+        if let Some((first, rest)) = self.upstream.split_first() {
+            set("upstream", toml::Value::String(first.clone()));
+            set("upstreams", toml::Value::Array(rest.iter().cloned().map(toml::Value::String).collect()));
         }
         if let Some(v) = self.ram_bytes {
             set("ram_bytes", int(v).map_err(|_| EdgeError::Config("--ram-bytes is too large".into()))?);
@@ -206,6 +307,18 @@ impl ServeArgs {
         if let Some(v) = &self.request_log {
             set("request_log", path(v));
         }
+        if let Some(v) = self.max_connections {
+            set(
+                "max_connections",
+                int(v as u64).map_err(|_| EdgeError::Config("--max-connections is too large".into()))?,
+            );
+        }
+        if let Some(v) = &self.prefill {
+            set("prefill_plan", path(v));
+        }
+        if let Some(v) = &self.admin_token {
+            set("admin_token", toml::Value::String(v.clone()));
+        }
         let cfg: EdgeConfig = table.try_into().map_err(|e: toml::de::Error| {
             EdgeError::Config(format!(
                 "{} (the minimum is --upstream URL --ram-bytes N, or the same in --config FILE)",
@@ -224,7 +337,7 @@ mod tests {
     #[test]
     fn flags_alone_make_a_config_with_defaults() {
         let args =
-            ServeArgs { upstream: Some("http://127.0.0.1:8080".into()), ram_bytes: Some(1000), ..Default::default() };
+            ServeArgs { upstream: vec!["http://127.0.0.1:8080".into()], ram_bytes: Some(1000), ..Default::default() };
         let cfg = args.merge(None).unwrap();
         assert_eq!(cfg, EdgeConfig::new("http://127.0.0.1:8080", 1000));
         assert_eq!(cfg.upstream_timeout_ms, 5000);
@@ -234,12 +347,13 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let file = "upstream = \"http://a:1\"\nram_bytes = 5\nname = \"file\"\nupstream_timeout_ms = 250\n\
-                    disk_path = \"/var/cache/edge\"\ndisk_bytes = 99\n";
+                    disk_path = \"/var/cache/edge\"\ndisk_bytes = 99\ndisk_policy = \"fifo\"\n";
         let args = ServeArgs { name: Some("flag".into()), ram_bytes: Some(7), ..Default::default() };
         let cfg = args.merge(Some(file)).unwrap();
         assert_eq!((cfg.name.as_str(), cfg.ram_bytes, cfg.upstream_timeout_ms), ("flag", 7, 250));
         assert_eq!(cfg.upstream, "http://a:1");
         assert!(cfg.disk_requested());
+        assert_eq!(cfg.disk().unwrap().policy, crate::disk_log::DiskPolicy::Fifo);
     }
 
     #[test]
@@ -250,8 +364,26 @@ mod tests {
         let e = args.merge(Some("ram_bytes = 5\n")).unwrap_err();
         assert!(e.to_string().contains("upstream"), "{e}");
         for bad in ["https://a:1", "a:1", "http://", "http://a:1/path"] {
-            let args = ServeArgs { upstream: Some(bad.into()), ram_bytes: Some(1), ..Default::default() };
+            let args = ServeArgs { upstream: vec![bad.into()], ram_bytes: Some(1), ..Default::default() };
             assert!(args.merge(None).is_err(), "{bad} accepted");
+            let args =
+                ServeArgs { upstream: vec!["http://a:1".into(), bad.into()], ram_bytes: Some(1), ..Default::default() };
+            assert!(args.merge(None).is_err(), "fallback {bad} accepted");
         }
+    }
+
+    #[test]
+    fn a_repeated_upstream_flag_lists_fallbacks_in_order() {
+        let args = ServeArgs {
+            upstream: vec!["http://parent:1".into(), "http://origin:2".into()],
+            ram_bytes: Some(1),
+            ..Default::default()
+        };
+        let cfg = args.merge(Some("upstreams = [\"http://file:3\"]\nupstream = \"http://file:4\"\n")).unwrap();
+        assert_eq!(cfg.all_upstreams(), ["http://parent:1", "http://origin:2"]);
+        let cfg = ServeArgs { ram_bytes: Some(1), ..Default::default() }
+            .merge(Some("upstreams = [\"http://b:2\"]\nupstream = \"http://a:1\"\n"))
+            .unwrap();
+        assert_eq!(cfg.all_upstreams(), ["http://a:1", "http://b:2"]);
     }
 }

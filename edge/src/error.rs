@@ -48,6 +48,9 @@ pub enum EdgeError {
     /// The upstream answered with a status the edge cannot serve.
     #[error("upstream {url} answered {status}")]
     UpstreamStatus { url: String, status: u16 },
+    /// Every upstream's circuit breaker is open: failing fast.
+    #[error("all {count} upstreams are failing (circuit breakers open)")]
+    UpstreamsDown { count: usize },
     /// The upstream body broke off or disagreed with its Content-Length.
     #[error("upstream {url} sent a truncated body: {detail}")]
     UpstreamTruncated { url: String, detail: String },
@@ -83,7 +86,8 @@ impl EdgeError {
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamStatus { .. }
-            | Self::UpstreamTruncated { .. } => Fault::Upstream,
+            | Self::UpstreamTruncated { .. }
+            | Self::UpstreamsDown { .. } => Fault::Upstream,
             Self::Config(_) | Self::Io { .. } | Self::Internal(_) => Fault::Local,
         }
     }
@@ -103,6 +107,7 @@ impl EdgeError {
             }
             Self::UpstreamStatus { status, .. } => format!("bad gateway: the upstream answered {status}"),
             Self::UpstreamTruncated { .. } => "bad gateway: the upstream sent a truncated body".into(),
+            Self::UpstreamsDown { .. } => "bad gateway: every upstream is failing".into(),
             Self::Config(_) | Self::Io { .. } | Self::Internal(_) => "internal error on the edge".into(),
             _ => self.to_string(),
         }
@@ -115,9 +120,10 @@ impl EdgeError {
             Self::Token(_) => StatusCode::FORBIDDEN,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::UpstreamUnreachable { .. } | Self::UpstreamStatus { .. } | Self::UpstreamTruncated { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::UpstreamUnreachable { .. }
+            | Self::UpstreamStatus { .. }
+            | Self::UpstreamTruncated { .. }
+            | Self::UpstreamsDown { .. } => StatusCode::BAD_GATEWAY,
             Self::Config(_) | Self::Io { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -11,12 +11,15 @@
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use http::header;
 use vod::ObjectKey;
 
+use crate::breaker::{Breaker, BreakerState};
+use crate::disk::{DiskTier, Stored};
 use crate::error::{EdgeError, Fault};
 use crate::memory::{CachedObject, MemoryTier};
 use crate::metrics::EdgeMetrics;
@@ -110,6 +113,63 @@ impl Upstream {
     }
 }
 
+/// The upstreams in the order they are tried (a parent edge, then the
+/// origin), each behind its own circuit breaker.
+pub struct UpstreamSet {
+    members: Vec<(Upstream, Mutex<Breaker>)>,
+}
+
+impl UpstreamSet {
+    /// Upstreams tried in order; each opens its breaker after
+    /// `failures_to_open` failures in a row, for `cooldown`.
+    pub fn new(upstreams: Vec<Upstream>, failures_to_open: u32, cooldown: Duration) -> Self {
+        Self {
+            members: upstreams.into_iter().map(|u| (u, Mutex::new(Breaker::new(failures_to_open, cooldown)))).collect(),
+        }
+    }
+
+    fn breaker(&self, i: usize) -> MutexGuard<'_, Breaker> {
+        self.members[i].1.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Breaker states, in upstream order, for status pages.
+    pub fn states(&self) -> Vec<(String, BreakerState)> {
+        let now = Instant::now();
+        (0..self.members.len()).map(|i| (self.members[i].0.base.clone(), self.breaker(i).state(now))).collect()
+    }
+
+    /// Fetches `key` from the first upstream that delivers it. Upstream
+    /// failures move on to the next upstream; a 404 is final. With every
+    /// breaker open this fails at once instead of waiting on timeouts.
+    pub async fn fetch(&self, key: &ObjectKey, metrics: &EdgeMetrics) -> Result<Fetched, EdgeError> {
+        let mut last = None;
+        for (i, (upstream, _)) in self.members.iter().enumerate() {
+            if !self.breaker(i).allow(Instant::now()) {
+                continue;
+            }
+            metrics.upstream_fetch();
+            match upstream.fetch(key).await {
+                Ok(f) => {
+                    self.breaker(i).success();
+                    return Ok(f);
+                }
+                Err(e) if e.fault() == Fault::Upstream => {
+                    self.breaker(i).failure(Instant::now());
+                    metrics.upstream_error();
+                    tracing::warn!(%key, upstream = %upstream.base, error = %e, "upstream fetch failed");
+                    last = Some(e);
+                }
+                Err(e) => {
+                    // An answer (404): the upstream is healthy.
+                    self.breaker(i).success();
+                    return Err(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(EdgeError::UpstreamsDown { count: self.members.len() }))
+    }
+}
+
 /// A strong ETag from the body, for upstreams that send none (weak ones are
 /// not reused: Range and If-None-Match from cache need a strong validator).
 fn derived_etag(body: &[u8]) -> String {
@@ -123,14 +183,19 @@ fn derived_etag(body: &[u8]) -> String {
 pub enum Source {
     /// The RAM tier held it.
     Hit,
+    /// The disk tier held it.
+    DiskHit,
     /// This request started the upstream fetch.
     Fetched,
     /// This request waited on a fetch another request had started.
     Joined,
+    /// Every upstream failed; an expired copy was served (stale-if-error).
+    Stale,
 }
 
-/// The outcome of one fill, shared by every request waiting on it.
-pub type FillResult = Result<CachedObject, Arc<EdgeError>>;
+/// The outcome of one fill, shared by every request waiting on it: the
+/// object and whether it is a stale copy served because upstreams failed.
+pub type FillResult = Result<(CachedObject, bool), Arc<EdgeError>>;
 type SharedFill = Shared<BoxFuture<'static, FillResult>>;
 
 /// The RAM tier plus the coalescing of misses in front of the upstream.
@@ -140,8 +205,12 @@ pub struct Filler {
 }
 
 struct FillInner {
-    upstream: Upstream,
+    upstream: UpstreamSet,
+    /// Last good copies of objects that expire (manifests, catalogs), kept
+    /// past their TTL so they can be served when every upstream fails.
+    stale: MemoryTier<ObjectKey, CachedObject>,
     ram: Arc<MemoryTier<ObjectKey, CachedObject>>,
+    disk: Option<Arc<DiskTier>>,
     inflight: Mutex<HashMap<ObjectKey, SharedFill>>,
     metrics: Arc<EdgeMetrics>,
     manifest_ttl: Duration,
@@ -151,14 +220,79 @@ impl Filler {
     /// Serves from `ram`, filling misses from `upstream`. Manifests and
     /// catalogs are kept for `manifest_ttl`; segments until evicted.
     pub fn new(
-        upstream: Upstream,
+        upstream: UpstreamSet,
         ram: Arc<MemoryTier<ObjectKey, CachedObject>>,
+        disk: Option<Arc<DiskTier>>,
         metrics: Arc<EdgeMetrics>,
         manifest_ttl: Duration,
     ) -> Self {
         Self {
-            inner: Arc::new(FillInner { upstream, ram, inflight: Mutex::new(HashMap::new()), metrics, manifest_ttl }),
+            inner: Arc::new(FillInner {
+                upstream,
+                // Manifests are small; 1/16 of RAM (at least 1 MB) holds many titles' worth.
+                stale: MemoryTier::new((ram.capacity_bytes() / 16).max(1 << 20)),
+                ram,
+                disk,
+                inflight: Mutex::new(HashMap::new()),
+                metrics,
+                manifest_ttl,
+            }),
         }
+    }
+
+    /// Drops `key` from every tier (and its stale copy); returns whether any tier held it.
+    pub fn purge(&self, key: &ObjectKey) -> bool {
+        let i = &self.inner;
+        let in_ram = i.ram.get(key).is_some();
+        i.ram.remove(key);
+        i.stale.remove(key);
+        let on_disk = i.disk.as_ref().is_some_and(|d| d.remove(key));
+        in_ram || on_disk
+    }
+
+    /// Drops every object of `title` from every tier; returns how many copies were dropped.
+    pub fn purge_title(&self, title: &vod::TitleId) -> u64 {
+        let i = &self.inner;
+        let ram = i.ram.remove_where(|k| k.title() == title);
+        i.stale.remove_where(|k| k.title() == title);
+        ram + i.disk.as_ref().map_or(0, |d| d.remove_title(title))
+    }
+
+    /// Prefill: makes sure `key` is on the disk tier and pinned there. Returns
+    /// the bytes fetched from upstream (0 if the disk already held it).
+    pub async fn prefill(&self, key: &ObjectKey) -> Result<u64, EdgeError> {
+        let Some(disk) = self.inner.disk.clone() else {
+            return Err(EdgeError::Config("prefill needs a disk tier".into()));
+        };
+        let k = key.clone();
+        let d = Arc::clone(&disk);
+        let held = tokio::task::spawn_blocking(move || d.pin(&k))
+            .await
+            .map_err(|e| EdgeError::Internal(format!("prefill task: {e}")))??;
+        if held {
+            return Ok(0);
+        }
+        let fetched = self.inner.upstream.fetch(key, &self.inner.metrics).await?;
+        let len = fetched.body.len() as u64;
+        self.inner.metrics.upstream_bytes(len);
+        let k = key.clone();
+        let stored = tokio::task::spawn_blocking(move || disk.insert(&k, &fetched.body, &fetched.etag, true))
+            .await
+            .map_err(|e| EdgeError::Internal(format!("prefill task: {e}")))??;
+        if let Stored::Refused(why) = stored {
+            tracing::info!(%key, reason = why.as_str(), "prefill: the disk tier refused the object");
+        }
+        Ok(len)
+    }
+
+    /// The upstreams and their breaker states.
+    pub fn upstreams(&self) -> &UpstreamSet {
+        &self.inner.upstream
+    }
+
+    /// The disk tier under the RAM tier, if configured.
+    pub fn disk(&self) -> Option<&DiskTier> {
+        self.inner.disk.as_deref()
     }
 
     /// The RAM tier this filler stores into.
@@ -166,10 +300,14 @@ impl Filler {
         &self.inner.ram
     }
 
-    /// The object under `key`, from the RAM tier or from the one upstream fetch for it.
+    /// The object under `key`: from the RAM tier, else the disk tier (and
+    /// promoted to RAM), else from the one upstream fetch for it.
     pub async fn get(&self, key: &ObjectKey) -> Result<(CachedObject, Source), Arc<EdgeError>> {
         if let Some(obj) = self.inner.ram.get(key) {
             return Ok((obj, Source::Hit));
+        }
+        if let Some(obj) = self.inner.disk_hit(key) {
+            return Ok((obj, Source::DiskHit));
         }
         let (fill, source) = {
             let mut inflight = self.inner.lock_inflight();
@@ -187,11 +325,25 @@ impl Filler {
         if source == Source::Joined {
             self.inner.metrics.coalesced();
         }
-        fill.await.map(|obj| (obj, source))
+        fill.await.map(|(obj, stale)| (obj, if stale { Source::Stale } else { source }))
     }
 }
 
 impl FillInner {
+    /// A disk hit, promoted to RAM when it can fit there. Only immutable
+    /// objects are ever written to disk, so a disk copy is always fresh.
+    fn disk_hit(&self, key: &ObjectKey) -> Option<CachedObject> {
+        let found = self.disk.as_ref()?.get(key)?;
+        let len = found.body.len() as u64;
+        if len <= self.ram.capacity_bytes() {
+            // A copy: the RAM tier must hold RAM, not a lease on a disk region.
+            let obj = CachedObject { body: Bytes::copy_from_slice(&found.body), etag: found.etag, ttl: None };
+            self.ram.insert(key.clone(), obj.clone());
+            return Some(obj);
+        }
+        Some(CachedObject { body: found.body, etag: found.etag, ttl: None })
+    }
+
     fn lock_inflight(&self) -> MutexGuard<'_, HashMap<ObjectKey, SharedFill>> {
         // The map stays consistent even if a holder panicked: every critical
         // section is a single get/insert/remove.
@@ -212,19 +364,44 @@ impl FillInner {
             .shared()
     }
 
-    async fn fetch_and_store(&self, key: &ObjectKey) -> Result<CachedObject, EdgeError> {
-        self.metrics.upstream_fetch();
-        let fetched = self.upstream.fetch(key).await.inspect_err(|e| {
-            if e.fault() == Fault::Upstream {
-                self.metrics.upstream_error();
-                tracing::warn!(%key, error = %e, "upstream fetch failed");
+    async fn fetch_and_store(&self, key: &ObjectKey) -> Result<(CachedObject, bool), EdgeError> {
+        let fetched = match self.upstream.fetch(key, &self.metrics).await {
+            Ok(f) => f,
+            Err(e) if e.retryable() => {
+                return match self.stale.get(key) {
+                    Some(old) => {
+                        tracing::warn!(%key, error = %e, "every upstream failed: serving a stale copy");
+                        Ok((old, true))
+                    }
+                    None => Err(e),
+                };
             }
-        })?;
+            Err(e) => return Err(e),
+        };
         self.metrics.upstream_bytes(fetched.body.len() as u64);
         let ttl = if key.is_immutable() { None } else { Some(self.manifest_ttl) };
         let obj = CachedObject { body: fetched.body, etag: fetched.etag, ttl };
-        self.ram.insert(key.clone(), obj.clone());
-        Ok(obj)
+        if ttl.is_some() {
+            self.stale.insert(key.clone(), CachedObject { ttl: None, ..obj.clone() });
+        }
+        // moka would only evict an object larger than the tier on its next
+        // maintenance pass; never offering it keeps the tier within bounds.
+        if obj.body.len() as u64 <= self.ram.capacity_bytes() {
+            self.ram.insert(key.clone(), obj.clone());
+        }
+        if let (Some(disk), true) = (&self.disk, key.is_immutable()) {
+            // The body is complete and its length checked; write it before the
+            // fill leaves the in-flight map so a later miss finds it on disk.
+            let (d, k, o) = (Arc::clone(disk), key.clone(), obj.clone());
+            let stored = tokio::task::spawn_blocking(move || d.insert(&k, &o.body, &o.etag, false)).await;
+            match stored {
+                Ok(Ok(Stored::Yes)) => {}
+                Ok(Ok(Stored::Refused(why))) => tracing::debug!(%key, reason = why.as_str(), "disk tier refused"),
+                Ok(Err(e)) => tracing::warn!(%key, error = %e, "disk tier write failed"),
+                Err(e) => tracing::warn!(%key, error = %e, "disk tier write task failed"),
+            }
+        }
+        Ok((obj, false))
     }
 }
 

@@ -1,18 +1,25 @@
 //! The edge appliance: an HTTP cache in front of the origin.
 //!
 //! A request for `/t/{token}/titles/...` has its token checked (`vod::token`)
-//! before the cache is touched; then the RAM tier (`memory`) answers, or the
+//! before the cache is touched; then the RAM tier (`memory`) answers, then the
+//! disk tier (`disk`, laid out and evicted by the pure `disk_log`), or the
 //! fill coalescer (`fill`) fetches the object from upstream once, however many
 //! clients are waiting. Responses reuse the origin's HTTP object semantics
 //! (Range, ETag/304, HEAD, CORS). `replay` runs a request log through the same
-//! tier code without HTTP. This version caches in RAM only; the disk tier is
-//! modelled in replay and not yet served.
+//! tier and policy code without HTTP or files.
 
+pub mod admin;
+pub mod breaker;
 pub mod config;
+pub mod disk;
+mod disk_journal;
+pub mod disk_log;
 pub mod error;
 pub mod fill;
+pub mod listener;
 pub mod memory;
 pub mod metrics;
+pub mod prefill;
 pub mod replay;
 pub mod request_log;
 pub mod server;

@@ -14,7 +14,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve signed (/t/{token}/titles/...) and unsigned (/titles/...) object requests.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Replay a request log through the cache policy and print hit figures.
     Replay(ReplayArgs),
 }
@@ -23,7 +23,7 @@ enum Command {
 async fn main() -> Result<()> {
     svc::init_tracing("info");
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Replay(args) => replay(args),
     }
 }
@@ -38,7 +38,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 fn replay(args: ReplayArgs) -> Result<()> {
     let plan = args.prefill.as_deref().map(edge::replay::read_plan).transpose()?;
-    let report = edge::replay::replay_file(&args.log, args.ram_bytes, args.disk_bytes, plan.as_ref())?;
+    let report =
+        edge::replay::replay_file_with(&args.log, args.ram_bytes, args.disk_bytes, plan.as_ref(), args.disk_policy)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -100,6 +100,15 @@ where
         self.cache.invalidate(key);
     }
 
+    /// Drops every key for which `pred` holds; returns how many.
+    pub fn remove_where(&self, pred: impl Fn(&K) -> bool) -> u64 {
+        let doomed: Vec<K> = self.cache.iter().filter(|(k, _)| pred(k)).map(|(k, _)| K::clone(&k)).collect();
+        for k in &doomed {
+            self.cache.invalidate(k);
+        }
+        doomed.len() as u64
+    }
+
     /// Applies pending admissions and evictions now, so sizes and the next
     /// lookups are exact (moka otherwise batches this work).
     pub fn settle(&self) {
@@ -171,5 +180,10 @@ mod tests {
         tier.insert("k".into(), obj(5));
         tier.remove(&"k".to_string());
         assert!(tier.get(&"k".to_string()).is_none());
+        tier.insert("a1".into(), obj(5));
+        tier.insert("a2".into(), obj(5));
+        tier.insert("b1".into(), obj(5));
+        assert_eq!(tier.remove_where(|k| k.starts_with('a')), 2);
+        assert!(tier.get(&"a1".to_string()).is_none() && tier.get(&"b1".to_string()).is_some());
     }
 }

@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum CacheResult {
     /// Served from the RAM tier.
     Hit,
+    /// Served from the disk tier.
+    DiskHit,
+    /// Served an expired copy because every upstream failed.
+    Stale,
     /// Served after an upstream fetch (this request's or a coalesced one).
     Miss,
     /// Refused or failed before an object was in hand (400/403/404/5xx).
@@ -19,6 +23,8 @@ impl CacheResult {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheResult::Hit => "HIT",
+            CacheResult::DiskHit => "HIT-DISK",
+            CacheResult::Stale => "STALE",
             CacheResult::Miss => "MISS",
             CacheResult::Error => "ERROR",
         }
@@ -29,6 +35,8 @@ impl CacheResult {
 #[derive(Debug, Default)]
 pub struct EdgeMetrics {
     hits: AtomicU64,
+    disk_hits: AtomicU64,
+    stale: AtomicU64,
     misses: AtomicU64,
     errors: AtomicU64,
     bytes_served: AtomicU64,
@@ -37,6 +45,25 @@ pub struct EdgeMetrics {
     upstream_bytes: AtomicU64,
     coalesced: AtomicU64,
     log_rows_dropped: AtomicU64,
+    latency: LatencyHistogram,
+}
+
+/// Upper bounds (seconds) of the request-latency histogram's buckets.
+const LATENCY_BUCKETS_S: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// A Prometheus histogram of request latency (until the response head is ready).
+#[derive(Debug, Default)]
+struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// The disk tier's sizes and counters, sampled when `/metrics` is rendered.
+#[derive(Debug, Clone, Copy)]
+pub struct DiskGauges<'a> {
+    pub log: crate::disk_log::LogStats,
+    pub counters: &'a crate::disk::DiskCounters,
 }
 
 /// Tier sizes sampled when `/metrics` is rendered.
@@ -52,6 +79,8 @@ impl EdgeMetrics {
     pub fn request(&self, result: CacheResult) {
         let c = match result {
             CacheResult::Hit => &self.hits,
+            CacheResult::DiskHit => &self.disk_hits,
+            CacheResult::Stale => &self.stale,
             CacheResult::Miss => &self.misses,
             CacheResult::Error => &self.errors,
         };
@@ -88,13 +117,40 @@ impl EdgeMetrics {
         self.log_rows_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records how long an object request took until its response head was ready.
+    pub fn observe_latency(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS_S.iter().position(|&le| secs <= le) {
+            self.latency.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency.count.fetch_add(1, Ordering::Relaxed);
+        self.latency.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Object requests by result label (`hit`, `disk_hit`, `stale`, `miss`, `error`).
+    pub fn requests_by_result(&self) -> [(&'static str, u64); 5] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("hit", get(&self.hits)),
+            ("disk_hit", get(&self.disk_hits)),
+            ("stale", get(&self.stale)),
+            ("miss", get(&self.misses)),
+            ("error", get(&self.errors)),
+        ]
+    }
+
+    /// Body bytes sent and bytes fetched from upstream so far.
+    pub fn bytes_served_and_fetched(&self) -> (u64, u64) {
+        (self.bytes_served.load(Ordering::Relaxed), self.upstream_bytes.load(Ordering::Relaxed))
+    }
+
     /// Upstream fetches started so far.
     pub fn upstream_fetches(&self) -> u64 {
         self.upstream_fetches.load(Ordering::Relaxed)
     }
 
-    /// Prometheus text exposition of every counter plus the RAM tier gauges.
-    pub fn render(&self, name: &str, ram: TierGauges) -> String {
+    /// Prometheus text exposition of every counter plus the tier gauges.
+    pub fn render(&self, name: &str, ram: TierGauges, disk: Option<DiskGauges<'_>>) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
@@ -111,6 +167,8 @@ impl EdgeMetrics {
             "Object requests by cache result.",
             &[
                 ("{result=\"hit\"}", get(&self.hits)),
+                ("{result=\"disk_hit\"}", get(&self.disk_hits)),
+                ("{result=\"stale\"}", get(&self.stale)),
                 ("{result=\"miss\"}", get(&self.misses)),
                 ("{result=\"error\"}", get(&self.errors)),
             ],
@@ -146,10 +204,78 @@ impl EdgeMetrics {
             "Request-log rows dropped because the writer fell behind.",
             &[("", get(&self.log_rows_dropped))],
         );
-        let tier = "{tier=\"ram\"}";
-        metric("edge_cache_bytes", "gauge", "Bytes held by a cache tier.", &[(tier, ram.bytes)]);
-        metric("edge_cache_objects", "gauge", "Objects held by a cache tier.", &[(tier, ram.entries)]);
-        metric("edge_cache_capacity_bytes", "gauge", "Capacity of a cache tier.", &[(tier, ram.capacity_bytes)]);
+        let _ = writeln!(
+            out,
+            "# HELP edge_request_duration_seconds Object request latency until the response head is ready.\n\
+             # TYPE edge_request_duration_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (le, b) in LATENCY_BUCKETS_S.iter().zip(&self.latency.buckets) {
+            cumulative += get(b);
+            let _ = writeln!(out, "edge_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let count = get(&self.latency.count);
+        let _ = writeln!(out, "edge_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "edge_request_duration_seconds_sum {}", get(&self.latency.sum_micros) as f64 / 1e6);
+        let _ = writeln!(out, "edge_request_duration_seconds_count {count}");
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{name}{labels} {v}");
+            }
+        };
+        let (r, d) = ("{tier=\"ram\"}", "{tier=\"disk\"}");
+        let mut bytes = vec![(r, ram.bytes)];
+        let mut objects = vec![(r, ram.entries)];
+        let mut capacity = vec![(r, ram.capacity_bytes)];
+        if let Some(disk) = &disk {
+            bytes.push((d, disk.log.live_bytes));
+            objects.push((d, disk.log.entries));
+            capacity.push((d, disk.log.capacity_bytes));
+        }
+        metric("edge_cache_bytes", "gauge", "Bytes held by a cache tier.", &bytes);
+        metric("edge_cache_objects", "gauge", "Objects held by a cache tier.", &objects);
+        metric("edge_cache_capacity_bytes", "gauge", "Capacity of a cache tier.", &capacity);
+        if let Some(disk) = disk {
+            let c = disk.counters;
+            metric(
+                "edge_disk_gap_bytes",
+                "gauge",
+                "Disk tier bytes lost to region tails (fragmentation).",
+                &[("", disk.log.gap_bytes)],
+            );
+            metric(
+                "edge_disk_pinned_bytes",
+                "gauge",
+                "Disk tier bytes pinned by prefill.",
+                &[("", disk.log.pinned_bytes)],
+            );
+            metric("edge_disk_writes_total", "counter", "Objects written to the disk tier.", &[("", get(&c.writes))]);
+            metric(
+                "edge_disk_write_bytes_total",
+                "counter",
+                "Bytes written to the disk tier.",
+                &[("", get(&c.write_bytes))],
+            );
+            metric(
+                "edge_disk_refused_total",
+                "counter",
+                "Objects the disk tier's policy turned away.",
+                &[("", get(&c.refused))],
+            );
+            metric(
+                "edge_disk_evictions_total",
+                "counter",
+                "Objects evicted from the disk tier.",
+                &[("", get(&c.evictions))],
+            );
+            metric(
+                "edge_disk_corrupt_total",
+                "counter",
+                "Disk objects dropped because their checksum failed.",
+                &[("", get(&c.corrupt_dropped))],
+            );
+        }
         out
     }
 }
@@ -164,10 +290,14 @@ mod tests {
         m.request(CacheResult::Hit);
         m.request(CacheResult::Hit);
         m.served(42);
-        let text = m.render("edge-a", TierGauges { bytes: 5, entries: 1, capacity_bytes: 10 });
+        m.observe_latency(std::time::Duration::from_millis(3));
+        let text = m.render("edge-a", TierGauges { bytes: 5, entries: 1, capacity_bytes: 10 }, None);
         assert!(text.contains("edge_requests_total{result=\"hit\"} 2\n"), "{text}");
         assert!(text.contains("edge_bytes_served_total 42\n"), "{text}");
         assert!(text.contains("edge_cache_bytes{tier=\"ram\"} 5\n"), "{text}");
         assert!(text.contains("edge_info{name=\"edge-a\"} 1\n"), "{text}");
+        assert!(text.contains("edge_request_duration_seconds_bucket{le=\"0.0025\"} 0\n"), "{text}");
+        assert!(text.contains("edge_request_duration_seconds_bucket{le=\"0.005\"} 1\n"), "{text}");
+        assert!(text.contains("edge_request_duration_seconds_count 1\n"), "{text}");
     }
 }

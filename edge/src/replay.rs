@@ -1,13 +1,18 @@
 //! `edge replay`: runs a request log through the edge's cache policy, no HTTP.
 //!
-//! Two tiers, each a `MemoryTier` (the server's RAM tier code: moka, TinyLFU
-//! admission, byte-weighted LRU eviction): RAM of `ram_bytes` in front of a
-//! disk tier of `disk_bytes`. Until the real disk tier lands, the disk tier
-//! here is *modelled* with that same policy, and the report says so
-//! (`"disk_tier": "modelled"`). A request is a hit if either tier holds the
-//! object; a disk hit is promoted to RAM; a miss is fetched from the origin
-//! and offered to both tiers. Prefilled objects go into the disk tier before
-//! the first row, admitted by the plan rather than by frequency.
+//! RAM of `ram_bytes` (the server's `MemoryTier`: moka, TinyLFU admission,
+//! byte-weighted LRU eviction) in front of a disk tier of `disk_bytes` run by
+//! the server's own `disk_log::LogIndex` (regions, admission, reinsertion,
+//! pinning), with sizes instead of bytes. As in the server, a disk hit is
+//! promoted to RAM, a miss is offered to both tiers, objects larger than the
+//! RAM tier are not offered to it, and the disk's policy only sees requests
+//! that missed RAM. Prefilled objects are pinned into the disk tier before the
+//! first row, admitted by the plan rather than by frequency.
+//!
+//! `--disk-policy` picks the disk policy to compare: `frequency` (the
+//! server's default), `fifo` (the same log without admission or
+//! reinsertion), `lru` (a byte-weighted LRU that ignores regions: the
+//! textbook baseline) or `moka` (the RAM tier's policy at the disk's size).
 //!
 //! Not modelled: manifest TTLs (the log has no freshness data) and partial
 //! objects (each row is a whole object). A row whose size differs from the
@@ -20,6 +25,7 @@ use serde::Serialize;
 use vod::log::{LogParseError, RequestLogRow, HEADER};
 use vod::plan::FillPlan;
 
+use crate::disk_log::{region_bytes_for, DiskPolicy, LogIndex};
 use crate::error::EdgeError;
 use crate::memory::{MemoryTier, TierValue};
 
@@ -43,47 +49,168 @@ pub enum Outcome {
     Miss,
 }
 
-/// RAM in front of a (modelled) disk tier, keyed by the log's key text.
+/// The disk policy a replay runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReplayPolicy {
+    /// The server's disk tier: log with count-min admission and reinsertion.
+    #[default]
+    Frequency,
+    /// The server's log without admission or reinsertion.
+    Fifo,
+    /// A byte-weighted LRU (a baseline the log cannot run, for comparison).
+    Lru,
+    /// moka (TinyLFU + LRU) at the disk's size: the earlier model.
+    Moka,
+}
+
+impl ReplayPolicy {
+    /// Label in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayPolicy::Frequency => DiskPolicy::Frequency.as_str(),
+            ReplayPolicy::Fifo => DiskPolicy::Fifo.as_str(),
+            ReplayPolicy::Lru => "byte-weighted LRU",
+            ReplayPolicy::Moka => "moka TinyLFU admission, byte-weighted LRU eviction",
+        }
+    }
+}
+
+enum DiskModel {
+    Log(LogIndex<String>),
+    Lru(LruModel),
+    Moka(MemoryTier<String, ModelObject>),
+}
+
+impl DiskModel {
+    /// Looks `key` up, counting the access; true if held at `bytes`.
+    fn lookup(&mut self, key: &str, bytes: u64) -> bool {
+        let key = key.to_owned();
+        match self {
+            DiskModel::Log(log) => log.access(&key).is_some_and(|s| s.len == bytes),
+            DiskModel::Lru(lru) => lru.get(&key) == Some(bytes),
+            DiskModel::Moka(m) => m.get(&key) == Some(ModelObject { bytes }),
+        }
+    }
+
+    fn insert(&mut self, key: &str, bytes: u64, pinned: bool) {
+        match self {
+            DiskModel::Log(log) => {
+                let _ = log.insert(key.to_owned(), bytes, pinned, |_| false);
+            }
+            DiskModel::Lru(lru) => lru.insert(key.to_owned(), bytes),
+            DiskModel::Moka(m) => {
+                m.insert(key.to_owned(), ModelObject { bytes });
+                m.settle();
+            }
+        }
+    }
+
+    fn held_bytes(&self) -> u64 {
+        match self {
+            DiskModel::Log(log) => log.stats().live_bytes,
+            DiskModel::Lru(lru) => lru.bytes,
+            DiskModel::Moka(m) => m.weighted_bytes(),
+        }
+    }
+}
+
+/// A plain byte-weighted LRU: a map plus a recency-ordered tree.
+struct LruModel {
+    capacity: u64,
+    bytes: u64,
+    tick: u64,
+    entries: std::collections::HashMap<String, (u64, u64)>,
+    order: std::collections::BTreeMap<u64, String>,
+}
+
+impl LruModel {
+    fn new(capacity: u64) -> Self {
+        Self { capacity, bytes: 0, tick: 0, entries: Default::default(), order: Default::default() }
+    }
+
+    fn get(&mut self, key: &String) -> Option<u64> {
+        let (bytes, at) = self.entries.get_mut(key)?;
+        self.order.remove(at);
+        self.tick += 1;
+        *at = self.tick;
+        self.order.insert(self.tick, key.clone());
+        Some(*bytes)
+    }
+
+    fn insert(&mut self, key: String, bytes: u64) {
+        if bytes > self.capacity {
+            return;
+        }
+        if let Some((old, at)) = self.entries.remove(&key) {
+            self.order.remove(&at);
+            self.bytes -= old;
+        }
+        while self.bytes + bytes > self.capacity {
+            let Some((_, victim)) = self.order.pop_first() else { break };
+            if let Some((b, _)) = self.entries.remove(&victim) {
+                self.bytes -= b;
+            }
+        }
+        self.tick += 1;
+        self.order.insert(self.tick, key.clone());
+        self.entries.insert(key, (bytes, self.tick));
+        self.bytes += bytes;
+    }
+}
+
+/// RAM in front of a disk tier, keyed by the log's key text.
 pub struct TwoTierModel {
     ram: MemoryTier<String, ModelObject>,
-    disk: MemoryTier<String, ModelObject>,
+    disk: DiskModel,
 }
 
 impl TwoTierModel {
-    /// Empty tiers of the given capacities.
+    /// Empty tiers of the given capacities, the disk run by the server's policy.
     pub fn new(ram_bytes: u64, disk_bytes: u64) -> Self {
-        Self { ram: MemoryTier::new(ram_bytes), disk: MemoryTier::new(disk_bytes) }
+        Self::with_policy(ram_bytes, disk_bytes, ReplayPolicy::default())
     }
 
-    /// Loads the plan's objects into the disk tier, in plan order; returns the bytes held afterwards.
-    pub fn prefill(&self, plan: &FillPlan) -> u64 {
+    /// Empty tiers with the disk run by `policy`.
+    pub fn with_policy(ram_bytes: u64, disk_bytes: u64, policy: ReplayPolicy) -> Self {
+        let log = |p| DiskModel::Log(LogIndex::new(disk_bytes, region_bytes_for(disk_bytes), p));
+        let disk = match policy {
+            ReplayPolicy::Frequency => log(DiskPolicy::Frequency),
+            ReplayPolicy::Fifo => log(DiskPolicy::Fifo),
+            ReplayPolicy::Lru => DiskModel::Lru(LruModel::new(disk_bytes)),
+            ReplayPolicy::Moka => DiskModel::Moka(MemoryTier::new(disk_bytes)),
+        };
+        Self { ram: MemoryTier::new(ram_bytes), disk }
+    }
+
+    /// Pins the plan's objects into the disk tier, in plan order; returns the bytes held afterwards.
+    pub fn prefill(&mut self, plan: &FillPlan) -> u64 {
         for o in &plan.objects {
-            self.disk.insert(o.key.clone(), ModelObject { bytes: o.bytes });
-            // Settle each insert so a plan larger than the tier keeps its head,
-            // as a prefill in priority order would.
-            self.disk.settle();
+            self.disk.insert(&o.key, o.bytes, true);
         }
-        self.disk.weighted_bytes()
+        self.disk.held_bytes()
     }
 
     /// Serves one request for `key` of `bytes` through the tiers.
-    pub fn request(&self, key: &str, bytes: u64) -> Outcome {
+    pub fn request(&mut self, key: &str, bytes: u64) -> Outcome {
         let wanted = ModelObject { bytes };
-        let key = key.to_owned();
-        if self.ram.get(&key) == Some(wanted) {
+        if self.ram.get(&key.to_owned()) == Some(wanted) {
             return Outcome::RamHit;
         }
-        if self.disk.get(&key) == Some(wanted) {
-            self.ram.insert(key, wanted);
-            self.ram.settle();
+        let fits_ram = bytes <= self.ram.capacity_bytes();
+        if self.disk.lookup(key, bytes) {
+            if fits_ram {
+                self.ram.insert(key.to_owned(), wanted);
+                self.ram.settle();
+            }
             return Outcome::DiskHit;
         }
-        self.disk.insert(key.clone(), wanted);
-        self.ram.insert(key, wanted);
-        // Settling after every fill applies admission and eviction in log
-        // order, so a replay is repeatable rather than batch-timing dependent.
-        self.disk.settle();
-        self.ram.settle();
+        self.disk.insert(key, bytes, false);
+        if fits_ram {
+            self.ram.insert(key.to_owned(), wanted);
+            // Settling after every fill applies admission and eviction in log
+            // order, so a replay is repeatable rather than batch-timing dependent.
+            self.ram.settle();
+        }
         Outcome::Miss
     }
 }
@@ -113,14 +240,14 @@ pub struct ReplayReport {
     pub prefill_held_bytes: u64,
     pub ram_bytes: u64,
     pub disk_bytes: u64,
-    /// `"modelled"`: the disk tier is the RAM tier's policy with the disk's capacity.
+    /// `"disk_log"` when the disk tier ran the server's code, `"model"` for the comparison baselines.
     pub disk_tier: &'static str,
-    /// The cache policy replayed.
+    /// The disk policy replayed.
     pub policy: &'static str,
 }
 
 impl ReplayReport {
-    fn empty(ram_bytes: u64, disk_bytes: u64) -> Self {
+    fn empty(ram_bytes: u64, disk_bytes: u64, policy: ReplayPolicy) -> Self {
         Self {
             requests: 0,
             hit_requests: 0,
@@ -137,8 +264,11 @@ impl ReplayReport {
             prefill_held_bytes: 0,
             ram_bytes,
             disk_bytes,
-            disk_tier: "modelled",
-            policy: "moka TinyLFU admission, byte-weighted LRU eviction",
+            disk_tier: match policy {
+                ReplayPolicy::Frequency | ReplayPolicy::Fifo => "disk_log",
+                ReplayPolicy::Lru | ReplayPolicy::Moka => "model",
+            },
+            policy: policy.as_str(),
         }
     }
 
@@ -195,9 +325,12 @@ pub struct ReplayArgs {
     /// RAM tier capacity in bytes.
     #[arg(long)]
     pub ram_bytes: u64,
-    /// Disk tier capacity in bytes (modelled with the RAM tier's policy for now).
+    /// Disk tier capacity in bytes.
     #[arg(long, default_value_t = 0)]
     pub disk_bytes: u64,
+    /// Disk policy: the server's (`frequency`) or a baseline to compare with.
+    #[arg(long, value_enum, default_value_t = ReplayPolicy::Frequency)]
+    pub disk_policy: ReplayPolicy,
     /// Fill plan JSON whose objects are loaded into the disk tier first.
     #[arg(long)]
     pub prefill: Option<std::path::PathBuf>,
@@ -213,9 +346,20 @@ pub fn replay_file(
     disk_bytes: u64,
     plan: Option<&FillPlan>,
 ) -> Result<ReplayReport, EdgeError> {
+    replay_file_with(log, ram_bytes, disk_bytes, plan, ReplayPolicy::default())
+}
+
+/// `replay_file` with a chosen disk policy.
+pub fn replay_file_with(
+    log: &Path,
+    ram_bytes: u64,
+    disk_bytes: u64,
+    plan: Option<&FillPlan>,
+    policy: ReplayPolicy,
+) -> Result<ReplayReport, EdgeError> {
     let file = std::fs::File::open(log).map_err(|e| EdgeError::io(format!("opening {}", log.display()), e))?;
     let reader = std::io::BufReader::with_capacity(1 << 16, file);
-    replay_reader(reader, &log.display().to_string(), ram_bytes, disk_bytes, plan)
+    replay_reader_with(reader, &log.display().to_string(), ram_bytes, disk_bytes, plan, policy)
 }
 
 /// Reads a fill plan file.
@@ -226,16 +370,28 @@ pub fn read_plan(path: &Path) -> Result<FillPlan, EdgeError> {
 
 /// Replays a log from any reader; `name` labels errors.
 pub fn replay_reader(
-    mut reader: impl BufRead,
+    reader: impl BufRead,
     name: &str,
     ram_bytes: u64,
     disk_bytes: u64,
     plan: Option<&FillPlan>,
 ) -> Result<ReplayReport, EdgeError> {
+    replay_reader_with(reader, name, ram_bytes, disk_bytes, plan, ReplayPolicy::default())
+}
+
+/// `replay_reader` with a chosen disk policy.
+pub fn replay_reader_with(
+    mut reader: impl BufRead,
+    name: &str,
+    ram_bytes: u64,
+    disk_bytes: u64,
+    plan: Option<&FillPlan>,
+    policy: ReplayPolicy,
+) -> Result<ReplayReport, EdgeError> {
     let bad =
         |line: usize, reason: String| EdgeError::Log { path: name.to_owned(), cause: LogParseError { line, reason } };
-    let model = TwoTierModel::new(ram_bytes, disk_bytes);
-    let mut report = ReplayReport::empty(ram_bytes, disk_bytes);
+    let mut model = TwoTierModel::with_policy(ram_bytes, disk_bytes, policy);
+    let mut report = ReplayReport::empty(ram_bytes, disk_bytes, policy);
     if let Some(plan) = plan {
         report.prefill_objects = plan.objects.len() as u64;
         report.prefill_bytes = plan.objects.iter().map(|o| o.bytes).sum();
@@ -279,7 +435,7 @@ mod tests {
 
     #[test]
     fn repeated_requests_hit_and_a_disk_hit_is_promoted() {
-        let m = TwoTierModel::new(100, 1000);
+        let mut m = TwoTierModel::new(100, 1000);
         assert_eq!(m.request("a", 60), Outcome::Miss);
         assert_eq!(m.request("a", 60), Outcome::RamHit);
         // "b" pushes "a" out of the 100-byte RAM tier (or is refused by it); the disk keeps both.

@@ -25,17 +25,21 @@ use vod::token::{verify, TokenKey};
 use vod::ObjectKey;
 
 use crate::config::EdgeConfig;
+use crate::disk::DiskTier;
 use crate::error::{EdgeError, Fault};
-use crate::fill::{Filler, Source, Upstream};
+use crate::fill::{Filler, Source, Upstream, UpstreamSet};
+use crate::listener::{CappedListener, PeerAddr};
 use crate::memory::MemoryTier;
-use crate::metrics::{CacheResult, EdgeMetrics, TierGauges};
+use crate::metrics::{CacheResult, DiskGauges, EdgeMetrics, TierGauges};
 use crate::request_log::RequestLog;
 
 /// What a request path asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target<'a> {
-    /// `/health`.
+    /// `/health` or `/healthz`.
     Health,
+    /// `/admin/...` (bearer token).
+    Admin,
     /// `/metrics`.
     Metrics,
     /// An object; `token` is `Some` on `/t/{token}/...` paths.
@@ -46,7 +50,8 @@ pub enum Target<'a> {
 /// The key part is validated later by `ObjectKey::parse`.
 pub fn route(path: &str) -> Target<'_> {
     match path {
-        "/health" => Target::Health,
+        "/health" | "/healthz" => Target::Health,
+        p if p.starts_with("/admin/") => Target::Admin,
         "/metrics" => Target::Metrics,
         _ => match path.strip_prefix("/t/") {
             Some(rest) => {
@@ -75,29 +80,52 @@ pub fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>) -> IpAddr {
 
 /// Shared state of one running edge.
 pub struct EdgeState {
-    name: String,
+    pub(crate) name: String,
     keys: Vec<TokenKey>,
-    filler: Filler,
-    metrics: Arc<EdgeMetrics>,
+    pub(crate) filler: Filler,
+    pub(crate) metrics: Arc<EdgeMetrics>,
     log: Option<RequestLog>,
+    pub(crate) admin_token: Option<String>,
 }
 
 impl EdgeState {
     /// Builds the cache, the upstream client and the metrics from `config`.
     pub fn new(config: &EdgeConfig, log: Option<RequestLog>, metrics: Arc<EdgeMetrics>) -> Result<Self, EdgeError> {
-        let upstream = Upstream::new(&config.upstream, config.upstream_timeout())?;
+        let upstreams = config
+            .all_upstreams()
+            .into_iter()
+            .map(|u| Upstream::new(u, config.upstream_timeout()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let upstream = UpstreamSet::new(
+            upstreams,
+            config.breaker_failures,
+            std::time::Duration::from_millis(config.breaker_cooldown_ms),
+        );
         let ram = Arc::new(MemoryTier::new(config.ram_bytes));
-        let filler = Filler::new(upstream, ram, Arc::clone(&metrics), config.manifest_ttl());
+        let disk = match config.disk() {
+            Some(cfg) => {
+                let disk = DiskTier::open(&cfg)?;
+                tracing::info!(
+                    dir = %cfg.dir.display(),
+                    bytes = cfg.capacity_bytes,
+                    reloaded = disk.loaded_entries(),
+                    "disk tier open"
+                );
+                Some(Arc::new(disk))
+            }
+            None => None,
+        };
+        let filler = Filler::new(upstream, ram, disk, Arc::clone(&metrics), config.manifest_ttl());
         let keys = config
             .token_secret
             .as_ref()
             .map(|s| vec![TokenKey::new(config.token_key_id.clone(), s.as_bytes().to_vec())])
             .unwrap_or_default();
-        Ok(Self { name: config.name.clone(), keys, filler, metrics, log })
+        Ok(Self { name: config.name.clone(), keys, filler, metrics, log, admin_token: config.admin_token.clone() })
     }
 }
 
-/// The edge's router over `state`. Serve it with connect info (`SocketAddr`)
+/// The edge's router over `state`. Serve it with connect info (`PeerAddr`)
 /// so the request log sees the peer address.
 pub fn router(state: Arc<EdgeState>) -> Router {
     Router::new().fallback(handle).with_state(state).layer(axum::middleware::map_response(add_cors))
@@ -108,19 +136,25 @@ async fn handle(State(state): State<Arc<EdgeState>>, req: Request<Body>) -> Resp
     if method == Method::OPTIONS {
         return preflight();
     }
+    if route(req.uri().path()) == Target::Admin {
+        return crate::admin::handle(&state, &method, req.uri().path(), req.uri().query(), req.headers());
+    }
     if method != Method::GET && method != Method::HEAD {
         return error_response(StatusCode::METHOD_NOT_ALLOWED, "only GET, HEAD and OPTIONS");
     }
     match route(req.uri().path()) {
         Target::Health => error_response(StatusCode::OK, "ok"),
         Target::Metrics => metrics_response(&state),
+        Target::Admin => error_response(StatusCode::NOT_FOUND, "admin"), // answered above
         Target::Object { token, key_path } => {
-            let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+            let started = std::time::Instant::now();
+            let peer = req.extensions().get::<ConnectInfo<PeerAddr>>().map(|c| c.0 .0);
             let (mut resp, result) = match serve_object(&state, &method, req.headers(), token, key_path, peer).await {
                 Ok(served) => served,
                 Err(e) => (failure(&state, &e, key_path), CacheResult::Error),
             };
             state.metrics.request(result);
+            state.metrics.observe_latency(started.elapsed());
             if method == Method::GET && resp.status().is_success() {
                 state.metrics.served(content_length(&resp));
             }
@@ -148,7 +182,12 @@ async fn serve_object(
         verify(&state.keys, token, key.title(), now_unix_s()).map_err(|e| Arc::new(e.into()))?;
     }
     let (obj, source) = state.filler.get(&key).await?;
-    let result = if source == Source::Hit { CacheResult::Hit } else { CacheResult::Miss };
+    let result = match source {
+        Source::Hit => CacheResult::Hit,
+        Source::DiskHit => CacheResult::DiskHit,
+        Source::Stale => CacheResult::Stale,
+        Source::Fetched | Source::Joined => CacheResult::Miss,
+    };
     if let Some(log) = &state.log {
         log.record(client_ip(headers, peer), key.to_string(), obj.body.len() as u64);
     }
@@ -170,7 +209,8 @@ fn metrics_response(state: &EdgeState) -> Response<Body> {
     ram.settle();
     let gauges =
         TierGauges { bytes: ram.weighted_bytes(), entries: ram.entries(), capacity_bytes: ram.capacity_bytes() };
-    let mut resp = Response::new(Body::from(state.metrics.render(&state.name, gauges)));
+    let disk = state.filler.disk().map(|d| DiskGauges { log: d.stats(), counters: d.counters() });
+    let mut resp = Response::new(Body::from(state.metrics.render(&state.name, gauges, disk)));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     resp
 }
@@ -199,22 +239,29 @@ pub async fn run(
         None => (None, None),
     };
     let state = Arc::new(EdgeState::new(&config, log, metrics)?);
-    if config.disk_requested() {
-        tracing::warn!(
-            disk_path = ?config.disk_path,
-            disk_bytes = ?config.disk_bytes,
-            "this version has no disk tier yet: caching in RAM only ({} bytes); disk settings are ignored",
-            config.ram_bytes
-        );
-    }
     if config.token_secret.is_none() {
         tracing::warn!("no token_secret: every signed /t/{{token}}/ path will be refused with 403");
     }
-    tracing::info!(name = %config.name, upstream = %config.upstream, ram_bytes = config.ram_bytes, "edge serving");
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    tracing::info!(name = %config.name, upstreams = ?config.all_upstreams(), ram_bytes = config.ram_bytes, "edge serving");
+    let prefill = match &config.prefill_plan {
+        Some(path) => {
+            let plan = crate::replay::read_plan(path)?;
+            tracing::info!(plan = %path.display(), objects = plan.objects.len(), "prefill starting");
+            let filler = state.filler.clone();
+            Some(tokio::spawn(crate::prefill::run(filler, plan, config.prefill_rate_bytes_per_s)))
+        }
+        None => None,
+    };
+    let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
+    let listener = CappedListener::new(listener, config.max_connections);
     // Graceful shutdown waits for open connections, so when `serve` returns no
     // request holds the log's sender any more and the writer can drain.
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    if let Some(task) = prefill {
+        // What is on disk stays; the next start resumes the plan.
+        task.abort();
+        let _ = task.await;
+    }
     if let Some(writer) = writer {
         writer.finish().await?;
     }
@@ -228,6 +275,8 @@ mod tests {
     #[test]
     fn routes_split_token_and_key_without_decoding() {
         assert_eq!(route("/health"), Target::Health);
+        assert_eq!(route("/healthz"), Target::Health);
+        assert_eq!(route("/admin/status"), Target::Admin);
         assert_eq!(route("/metrics"), Target::Metrics);
         assert_eq!(
             route("/t/abc/titles/t1/v1/1.m4s"),

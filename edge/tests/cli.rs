@@ -1,5 +1,5 @@
 //! `edge serve` as a process: flags alone start it, it announces its address,
-//! and it says plainly that the disk settings are not used yet.
+//! and it opens its disk tier.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
@@ -16,7 +16,7 @@ impl Drop for Child {
 }
 
 #[test]
-fn serve_from_flags_announces_its_address_and_ram_only_caching() {
+fn serve_from_flags_announces_its_address_and_opens_its_disk_tier() {
     let disk = tempfile::tempdir().unwrap();
     let mut child = Child(
         Command::new(env!("CARGO_BIN_EXE_edge"))
@@ -40,14 +40,14 @@ fn serve_from_flags_announces_its_address_and_ram_only_caching() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut addr, mut ram_only) = (None, false);
-    while addr.is_none() || !ram_only {
+    let (mut addr, mut disk_open) = (None, false);
+    while addr.is_none() || !disk_open {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("edge did not announce itself and its RAM-only caching");
+        let line = rx.recv_timeout(left).expect("edge did not announce itself and its disk tier");
         if let Some(a) = line.strip_prefix("edge listening on ") {
             addr = Some(a.trim().to_owned());
         }
-        ram_only |= line.contains("caching in RAM only");
+        disk_open |= line.contains("disk tier open");
     }
     let addr = addr.unwrap();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
@@ -58,6 +58,7 @@ fn serve_from_flags_announces_its_address_and_ram_only_caching() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     drop(child);
     let _ = reader.join();
+    assert_eq!(std::fs::metadata(disk.path().join("store.bin")).unwrap().len(), 5_000_000);
 }
 
 #[test]

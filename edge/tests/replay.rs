@@ -62,7 +62,7 @@ fn totals_cover_the_log_and_hits_are_sane() {
     assert_eq!(r.disk_hit_requests, 0, "a zero-byte disk tier holds nothing");
     assert!(r.hit_requests > 1000 && r.hit_requests < 5000 - distinct, "{r:?}");
     assert!((r.byte_hit_ratio - r.hit_bytes as f64 / r.bytes as f64).abs() < 1e-12);
-    assert_eq!(r.disk_tier, "modelled");
+    assert_eq!(r.disk_tier, "disk_log");
 
     // Room for everything: only the first request of each object misses.
     let all = replay_reader(text.as_bytes(), "day.csv", OBJECTS * OBJECT_BYTES, 0, None).unwrap();
@@ -120,7 +120,7 @@ fn the_binary_prints_the_contract_json() {
     }
     assert_eq!(v["requests"], 2000);
     assert_eq!(v["bytes"], 2000 * OBJECT_BYTES);
-    assert_eq!(v["disk_tier"], "modelled");
+    assert_eq!(v["disk_tier"], "disk_log");
     let lib = replay_file(&log, 10_000, 50_000, Some(&plan(30))).unwrap();
     assert_eq!(v["hit_requests"], lib.hit_requests, "binary and library disagree");
 }
@@ -139,4 +139,29 @@ fn the_binary_rejects_a_bad_log_with_its_line_number() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 3") && err.contains("bad.csv"), "{err}");
     assert!(out.stdout.is_empty(), "no half report on stdout");
+}
+
+/// Hot objects re-requested between bursts of one-hit wonders (a scan): the
+/// frequency-aware disk log keeps the hot set where FIFO and LRU flush it.
+#[test]
+fn the_frequency_log_resists_scans_better_than_fifo_and_lru() {
+    use edge::replay::{replay_reader_with, ReplayPolicy};
+    let mut text = format!("{HEADER}\n");
+    let mut row = 0u64;
+    let mut push = |key: String| {
+        text.push_str(&format!("{},10.0.0.1,{key},{OBJECT_BYTES}\n", 1_760_000_000_000u64 + row));
+        row += 1;
+    };
+    for round in 0..40u64 {
+        for hot in 0..30 {
+            push(key(hot));
+        }
+        for cold in 0..60 {
+            push(format!("titles/scan{round}/v1/{}.m4s", cold + 1));
+        }
+    }
+    let disk = 50 * OBJECT_BYTES;
+    let ratio = |p| replay_reader_with(text.as_bytes(), "scan.csv", 0, disk, None, p).unwrap().byte_hit_ratio;
+    let (freq, fifo, lru) = (ratio(ReplayPolicy::Frequency), ratio(ReplayPolicy::Fifo), ratio(ReplayPolicy::Lru));
+    assert!(freq > fifo + 0.1 && freq > lru + 0.1, "frequency {freq:.3}, fifo {fifo:.3}, lru {lru:.3}");
 }

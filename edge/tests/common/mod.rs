@@ -33,6 +33,11 @@ pub struct Running<E> {
 }
 
 impl<E: std::fmt::Debug> Running<E> {
+    /// Wraps a server task started by a test: `stop` is its shutdown signal.
+    pub fn new(addr: SocketAddr, stop: oneshot::Sender<()>, task: JoinHandle<Result<(), E>>) -> Self {
+        Self { addr, stop: Some(stop), task: Some(task) }
+    }
+
     /// `http://addr`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

@@ -1,10 +1,542 @@
-//! `cargo xtask bench edge`.
+//! `cargo xtask bench edge`: wrk on loopback against our edge (RAM hits,
+//! disk-tier hits) and Debian's nginx (static files with sendfile on and
+//! off; `proxy_cache` in front of our origin), same 2 MB segments.
+//!
+//! Headline: ours = our edge's RAM-hit goodput (Gb/s of segment payload),
+//! baseline = nginx's best static goodput, at 64 connections. Everything
+//! (requests/s, Gb/s, p50/p99, RSS, 256 connections) goes into `details`.
+//! wrk and the servers share this machine's cores; the figures say so.
 
-use anyhow::{bail, Result};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
 
 use super::BenchResult;
+use crate::env;
+
+const OBJECTS: usize = 32;
+const OBJECT_BYTES: usize = 2 << 20;
+const CONNECTIONS: &[u32] = &[64, 256];
 
 /// Runs the benchmark.
 pub fn run() -> Result<BenchResult> {
-    bail!("the edge benchmark is not implemented yet")
+    for tool in ["/usr/sbin/nginx", "/usr/bin/wrk"] {
+        if !Path::new(tool).exists() {
+            bail!("{tool} is missing: run `cargo xtask deps` (Debian packages nginx and wrk)");
+        }
+    }
+    env::cargo(&["build", "--release", "-p", "edge", "-p", "origin"])?;
+    let bin = env::target_dir().join("release");
+    let seconds: u32 = std::env::var("EDGE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let work = WorkDir::new()?;
+    let store = work.path.join("store");
+    write_segments(&store)?;
+    let script = work.path.join("paths.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "local n = 0\nrequest = function()\n  n = n % {OBJECTS} + 1\n  \
+             return wrk.format(nil, \"/titles/bench/v1/\" .. n .. \".m4s\")\nend\n"
+        ),
+    )?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.clamp(1, 4).to_string();
+    let bench = |addr: SocketAddr, conns: u32| -> Result<Wrk> {
+        let out = Command::new("/usr/bin/wrk")
+            .args(["-t", &threads, "-c", &conns.to_string(), "-d", &format!("{seconds}s"), "--latency", "-s"])
+            .arg(&script)
+            .arg(format!("http://{addr}/"))
+            .output()
+            .context("running wrk")?;
+        if !out.status.success() {
+            bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Wrk::parse(&String::from_utf8_lossy(&out.stdout))
+    };
+    // Every server first, all warm; then the runs interleave round by round,
+    // so a burst of other load on the machine hits every contender alike.
+    let origin_port = free_port()?;
+    let origin = Proc::spawn(
+        Command::new(bin.join("origin"))
+            .args(["serve", "--root"])
+            .arg(&store)
+            .args(["--listen", &format!("127.0.0.1:{origin_port}")]),
+        "origin listening on ",
+    )?;
+    let origin_url = format!("http://{}", origin.addr);
+    let ram_bytes: u64 = 256 << 20;
+    let edge_ram = Proc::spawn(
+        Command::new(bin.join("edge")).args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &origin_url,
+            "--ram-bytes",
+            &ram_bytes.to_string(),
+        ]),
+        "edge listening on ",
+    )?;
+    warm(edge_ram.addr, "HIT")?;
+    // Objects only on the disk tier: its RAM tier is smaller than one object.
+    let edge_disk = Proc::spawn(
+        Command::new(bin.join("edge"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--upstream", &origin_url, "--ram-bytes", "1000000"])
+            .arg("--disk-path")
+            .arg(work.path.join("edge-disk"))
+            .args(["--disk-bytes", &(256u64 << 20).to_string()]),
+        "edge listening on ",
+    )?;
+    warm(edge_disk.addr, "HIT-DISK")?;
+    let mut nginxes = Vec::new();
+    for sendfile in ["on", "off"] {
+        let nginx = Nginx::start(&work.path, &format!("static-{sendfile}"), |port| {
+            format!(
+                "server {{ listen 127.0.0.1:{port}; root {}; sendfile {sendfile}; tcp_nopush on; \
+                 location / {{ }} }}",
+                store.display()
+            )
+        })?;
+        warm(nginx.addr, "")?;
+        nginxes.push((format!("nginx_sendfile_{sendfile}"), nginx));
+    }
+    let cache_dir = work.path.join("nginx-cache");
+    std::fs::create_dir_all(&cache_dir)?;
+    set_mode(&cache_dir, 0o777)?;
+    let proxy = Nginx::start(&work.path, "proxy-cache", |port| {
+        format!(
+            "proxy_cache_path {} levels=1:2 keys_zone=seg:16m max_size=1g inactive=1h use_temp_path=off;\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass {origin_url}; proxy_cache seg; \
+             proxy_cache_valid 200 1h; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+             add_header X-Cache $upstream_cache_status; }} }}",
+            cache_dir.display()
+        )
+    })?;
+    warm(proxy.addr, "HIT")?;
+    let edge_rss_warm = rss_kb(edge_ram.pid());
+
+    let mut targets: Vec<(String, SocketAddr, Option<u32>)> = vec![
+        ("edge_ram".into(), edge_ram.addr, Some(edge_ram.pid())),
+        ("edge_disk".into(), edge_disk.addr, Some(edge_disk.pid())),
+    ];
+    targets.extend(nginxes.iter().map(|(n, x)| (n.clone(), x.addr, None)));
+    targets.push(("nginx_proxy_cache".into(), proxy.addr, None));
+    let rounds: u32 = std::env::var("EDGE_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    // Best round per target and connection count.
+    let mut best: std::collections::BTreeMap<String, (Wrk, Option<u64>)> = Default::default();
+    for &c in CONNECTIONS {
+        for round in 0..rounds {
+            for (name, addr, pid) in &targets {
+                let w = bench(*addr, c)?;
+                let rss = pid.and_then(rss_kb);
+                eprintln!(
+                    "xtask: round {round} {name:<18} c={c:<3} {:>8.1} req/s {:>6.2} Gb/s p50 {:>8.2} ms p99 {:>8.2} ms{}{}",
+                    w.requests_per_s,
+                    w.gbps(),
+                    w.p50_ms,
+                    w.p99_ms,
+                    rss.map(|r| format!(" RSS {} MB", r / 1024)).unwrap_or_default(),
+                    if w.errors > 0 { format!(" ERRORS {}", w.errors) } else { String::new() }
+                );
+                let key = format!("{name}_c{c}");
+                if best.get(&key).is_none_or(|(b, _)| w.gbps() > b.gbps()) {
+                    best.insert(key, (w, rss));
+                }
+            }
+        }
+    }
+    let edge_ram_rss = rss_kb(edge_ram.pid());
+    drop(targets);
+    proxy.stop();
+    for (_, n) in nginxes {
+        n.stop();
+    }
+    edge_disk.stop();
+    edge_ram.stop();
+    origin.stop();
+
+    let mut runs = serde_json::Map::new();
+    for (k, (w, rss)) in &best {
+        let mut v = w.to_json();
+        if let Some(r) = rss {
+            v["rss_kb"] = json!(r);
+        }
+        runs.insert(k.clone(), v);
+    }
+    let at64 = |name: &str| best.get(&format!("{name}_c64")).map_or(0.0, |(w, _)| w.gbps());
+    let ours = at64("edge_ram");
+    let (best_sendfile, baseline) = ["on", "off"]
+        .iter()
+        .map(|s| (*s, at64(&format!("nginx_sendfile_{s}"))))
+        .fold(("on", 0.0), |best, x| if x.1 > best.1 { x } else { best });
+    let errors: u64 = best.values().map(|(w, _)| w.errors).sum();
+    let details = json!({
+        "object_bytes": OBJECT_BYTES,
+        "objects": OBJECTS,
+        "seconds_per_run": seconds,
+        "rounds": rounds,
+        "wrk_threads": threads,
+        "cores": cores,
+        "note": "best of the interleaved rounds per target; wrk and the server under test share the same cores \
+                 on loopback (and whatever else runs on the machine); Gb/s is segment payload \
+                 (requests/s x 2 MiB x 8); latency from wrk --latency",
+        "edge_ram_bytes": ram_bytes,
+        "edge_ram_rss_kb_warm": edge_rss_warm,
+        "edge_ram_rss_kb_after": edge_ram_rss,
+        "edge_disk_ram_bytes": 1_000_000,
+        "baseline_sendfile": best_sendfile,
+        "disk_ratio": if baseline > 0.0 { at64("edge_disk") / baseline } else { 0.0 },
+        "vs_proxy_cache_ratio": if at64("nginx_proxy_cache") > 0.0 { ours / at64("nginx_proxy_cache") } else { 0.0 },
+        "errors_in_best_runs": errors,
+        "runs": Value::Object(runs),
+    });
+    Ok(BenchResult {
+        name: "edge",
+        unit: "Gb/s",
+        ours,
+        baseline,
+        baseline_name: format!("nginx {} static (sendfile {best_sendfile})", nginx_version()),
+        ratio: if baseline > 0.0 { ours / baseline } else { 0.0 },
+        details,
+    })
+}
+
+/// A temp directory removed on drop.
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn new() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("vod-edge-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        // nginx workers run as an unprivileged user and must read the files.
+        set_mode(&path, 0o755)?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// `OBJECTS` segments of pseudo-random bytes in the origin's layout.
+fn write_segments(store: &Path) -> Result<()> {
+    let dir = store.join("titles/bench/v1");
+    std::fs::create_dir_all(&dir)?;
+    for p in [store.to_owned(), store.join("titles"), store.join("titles/bench"), dir.clone()] {
+        set_mode(&p, 0o755)?;
+    }
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for n in 1..=OBJECTS {
+        let mut bytes = Vec::with_capacity(OBJECT_BYTES);
+        while bytes.len() < OBJECT_BYTES {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bytes.extend_from_slice(&state.to_le_bytes());
+        }
+        let path = dir.join(format!("{n}.m4s"));
+        std::fs::write(&path, &bytes)?;
+        set_mode(&path, 0o644)?;
+    }
+    Ok(())
+}
+
+/// Fetches every object twice; the second answer must be 200, 2 MiB, and
+/// carry `X-Cache: want` (when `want` is not empty).
+fn warm(addr: SocketAddr, want: &str) -> Result<()> {
+    for n in 1..=OBJECTS {
+        let path = format!("/titles/bench/v1/{n}.m4s");
+        for round in 0..2 {
+            let (status, headers, len) = http_get(addr, &path)?;
+            if status != 200 || len != OBJECT_BYTES {
+                bail!("warming {addr}{path}: status {status}, {len} bytes");
+            }
+            let cache = headers
+                .lines()
+                .find_map(|l| {
+                    l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("x-cache")).map(|(_, v)| v.trim())
+                })
+                .unwrap_or("");
+            if round == 1 && !want.is_empty() && cache != want {
+                bail!("warming {addr}{path}: X-Cache {cache:?}, expected {want}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A minimal HTTP/1.0 GET: status, header block, body length.
+fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, usize)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").context("no header end")?;
+    let head = String::from_utf8_lossy(&out[..split]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, head, out.len() - split - 4))
+}
+
+/// A port that was free a moment ago (bound, then released).
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn nginx_version() -> String {
+    Command::new("/usr/sbin/nginx")
+        .arg("-v")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stderr).trim().rsplit('/').next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn terminate(child: &mut Child) {
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet waited for).
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// One of our servers, started from its binary; its address is read from the line it prints.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, announce: &'static str) -> Result<Self> {
+        let mut child = cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix(announce) {
+                    let _ = tx.send(a.trim().to_owned());
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => Ok(Self { child, addr: a.parse()? }),
+            Err(_) => {
+                terminate(&mut child);
+                bail!("{:?} did not print {announce:?}", cmd.get_program())
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            terminate(&mut self.child);
+        }
+    }
+}
+
+/// Debian's nginx with a generated config, in the foreground.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    fn start(work: &Path, name: &str, server: impl Fn(u16) -> String) -> Result<Self> {
+        let dir = work.join(format!("nginx-{name}"));
+        std::fs::create_dir_all(dir.join("logs"))?;
+        let port = free_port()?;
+        let conf = format!(
+            "worker_processes auto;\nerror_log {dir}/logs/error.log warn;\npid {dir}/nginx.pid;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 1000000;\n  default_type application/octet-stream;\n\
+             client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fcgi;\n\
+             uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;\n  {}\n}}\n",
+            server(port),
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let mut child = Command::new("/usr/sbin/nginx")
+            .arg("-p")
+            .arg(&dir)
+            .args(["-c", "nginx.conf", "-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting nginx")?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let end = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                bail!("nginx exited ({status}): {err}");
+            }
+            if Instant::now() > end {
+                terminate(&mut child);
+                bail!("nginx did not listen on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self { child, addr })
+    }
+
+    fn stop(mut self) {
+        // SIGTERM to the master: it stops its workers before exiting.
+        terminate(&mut self.child);
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            terminate(&mut self.child);
+        }
+    }
+}
+
+/// What one wrk run reported.
+#[derive(Debug, Clone, PartialEq)]
+struct Wrk {
+    requests_per_s: f64,
+    transfer_bytes_per_s: f64,
+    p50_ms: f64,
+    p75_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+impl Wrk {
+    fn parse(text: &str) -> Result<Self> {
+        let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::trim));
+        let requests_per_s: f64 =
+            field("Requests/sec:").context("wrk printed no Requests/sec")?.parse().context("Requests/sec")?;
+        let transfer = field("Transfer/sec:").context("wrk printed no Transfer/sec")?;
+        let pct = |p: &str| -> Result<f64> {
+            let v = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(p).map(str::trim))
+                .with_context(|| format!("wrk printed no {p} latency"))?;
+            duration_ms(v)
+        };
+        let non_2xx = field("Non-2xx or 3xx responses:").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let socket_errors = field("Socket errors:")
+            .map(|v| v.split(',').filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        Ok(Self {
+            requests_per_s,
+            transfer_bytes_per_s: size_bytes(transfer)?,
+            p50_ms: pct("50%")?,
+            p75_ms: pct("75%")?,
+            p90_ms: pct("90%")?,
+            p99_ms: pct("99%")?,
+            errors: non_2xx + socket_errors,
+        })
+    }
+
+    /// Segment payload goodput.
+    fn gbps(&self) -> f64 {
+        self.requests_per_s * OBJECT_BYTES as f64 * 8.0 / 1e9
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "requests_per_s": self.requests_per_s,
+            "gbps": self.gbps(),
+            "wrk_transfer_gbps": self.transfer_bytes_per_s * 8.0 / 1e9,
+            "p50_ms": self.p50_ms, "p75_ms": self.p75_ms, "p90_ms": self.p90_ms, "p99_ms": self.p99_ms,
+            "errors": self.errors,
+        })
+    }
+}
+
+/// wrk's `1.23ms` / `450.00us` / `1.02s` / `2.00m` in milliseconds.
+fn duration_ms(v: &str) -> Result<f64> {
+    let units = [("us", 0.001), ("ms", 1.0), ("s", 1000.0), ("m", 60_000.0)];
+    for (suffix, scale) in units {
+        if let Some(n) = v.strip_suffix(suffix) {
+            if let Ok(x) = n.parse::<f64>() {
+                return Ok(x * scale);
+            }
+        }
+    }
+    bail!("cannot read wrk duration {v:?}")
+}
+
+/// wrk's `1.50GB` / `300.2MB` / `12KB` / `10B` in bytes.
+fn size_bytes(v: &str) -> Result<f64> {
+    let units = [("GB", 1u64 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("TB", 1 << 40), ("B", 1)];
+    for (suffix, scale) in units {
+        if let Some(n) = v.strip_suffix(suffix) {
+            if let Ok(x) = n.parse::<f64>() {
+                return Ok(x * scale as f64);
+            }
+        }
+    }
+    bail!("cannot read wrk size {v:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "Running 10s test @ http://127.0.0.1:1/\n  2 threads and 64 connections\n\
+        Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency    20.00ms    5.00ms  80.00ms   70.00%\n\
+        Req/Sec   800.00    100.00     1.00k    60.00%\n  Latency Distribution\n     50%   19.50ms\n\
+        75%   22.00ms\n     90%  900.00us\n     99%    1.20s\n  16000 requests in 10.00s, 31.25GB read\n\
+        Non-2xx or 3xx responses: 3\nRequests/sec:   1600.00\nTransfer/sec:      3.13GB\n";
+
+    #[test]
+    fn reads_wrk_output() {
+        let w = Wrk::parse(SAMPLE).unwrap();
+        assert_eq!(w.requests_per_s, 1600.0);
+        assert_eq!((w.p50_ms, w.p90_ms, w.p99_ms), (19.5, 0.9, 1200.0));
+        assert_eq!(w.errors, 3);
+        assert!((w.transfer_bytes_per_s - 3.13 * (1u64 << 30) as f64).abs() < 1.0);
+        assert!((w.gbps() - 1600.0 * 2.0 * 1048576.0 * 8.0 / 1e9).abs() < 1e-9);
+    }
 }
