@@ -13,7 +13,7 @@ pub mod video_filter;
 use std::path::Path;
 
 use bytes::Bytes;
-use origin::LocalStore;
+use origin::PublishTarget;
 use vod::{Catalog, ObjectKey, TitleId};
 
 pub use error::EncodeError;
@@ -22,14 +22,15 @@ pub use transcode::EncodeSettings;
 /// Encodes `input` as `title` and publishes it to `store`: every segment,
 /// init segment and manifest first, `catalog.json` last, so a reader that
 /// sees the catalog sees a whole title. Nothing is written if the encode fails.
+/// `store` is any publish target: a `LocalStore`, or a `BlockingStore` over S3.
 pub fn encode_and_publish(
     input: &Path,
     title: &TitleId,
-    store: &LocalStore,
+    store: &dyn PublishTarget,
     settings: &EncodeSettings,
 ) -> Result<Catalog, EncodeError> {
     let catalog_key = ObjectKey::Catalog(title.clone());
-    if store.path_of(&catalog_key).exists() {
+    if store.exists_blocking(&catalog_key)? {
         return Err(EncodeError::AlreadyPublished(title.to_string()));
     }
     let work = tempfile::Builder::new().prefix("encode-").tempdir()?;

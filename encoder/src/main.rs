@@ -1,11 +1,11 @@
-//! `encoder encode --input FILE --title ID --store DIR`.
+//! `encoder encode --input FILE --title ID --store DIR|s3://bucket/prefix`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use encoder::EncodeSettings;
-use origin::LocalStore;
+use origin::{BlockingStore, LocalStore, PublishTarget, StoreLocation};
 use vod::TitleId;
 
 #[derive(Parser)]
@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Encode one source file and publish it to a local store.
+    /// Encode one source file and publish it to a store (a directory or S3).
     Encode {
         /// Source media file.
         #[arg(long)]
@@ -25,9 +25,10 @@ enum Command {
         /// Title id: [a-z0-9][a-z0-9_-]{0,63}.
         #[arg(long)]
         title: String,
-        /// Root directory of the origin's object store.
+        /// The origin's object store: a directory, or s3://bucket/prefix
+        /// (AWS_ENDPOINT_URL, AWS_REGION, credentials from the environment).
         #[arg(long)]
-        store: PathBuf,
+        store: String,
         /// Segment duration in seconds.
         #[arg(long, default_value_t = 4.0)]
         segment_seconds: f64,
@@ -49,8 +50,14 @@ fn main() -> Result<()> {
         "--segment-seconds must be between 0.5 and 60, got {segment_seconds}"
     );
     let settings = EncodeSettings { segment_ms: (segment_seconds * 1000.0).round() as u64, preset, progress: !quiet };
-    let store = LocalStore::new(store);
-    let cat = encoder::encode_and_publish(&input, &title, &store, &settings)
+    let location = StoreLocation::parse(&store).context("--store")?;
+    let store: Box<dyn PublishTarget> = match &location {
+        StoreLocation::Local(dir) => Box::new(LocalStore::new(dir)),
+        StoreLocation::S3 { .. } => {
+            Box::new(BlockingStore::open(&location).with_context(|| format!("opening store {location}"))?)
+        }
+    };
+    let cat = encoder::encode_and_publish(&input, &title, store.as_ref(), &settings)
         .with_context(|| format!("encoding {} as {title}", input.display()))?;
     let rungs: Vec<String> =
         cat.video().iter().map(|r| format!("{}@{}k", r.id, r.average_bandwidth_bps / 1000)).collect();

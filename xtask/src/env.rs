@@ -24,7 +24,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
 ];
 
 /// PyPI packages tests start as real servers (installed with pip if missing).
-const PIP_PACKAGES: &[&str] = &[];
+const PIP_PACKAGES: &[&str] = &[
+    // S3-compatible server for the origin's S3 store tests (`python3 -m moto.server`).
+    "moto[server]==5.2.1",
+];
 
 /// The workspace root.
 pub fn root() -> PathBuf {
