@@ -11,6 +11,22 @@ use serde::Serialize;
 
 use crate::estimate::ThroughputEstimate;
 
+mod bba;
+mod bolae;
+mod dynamic;
+pub(crate) mod mpc;
+mod ours;
+mod planned;
+#[cfg(test)]
+mod scenario_tests;
+
+pub use bba::Bba;
+pub use bolae::BolaE;
+pub use dynamic::{Dynamic, DynamicDash};
+pub use mpc::RobustMpc;
+pub use ours::{Ours, OursParams};
+pub use planned::Planned;
+
 /// What an ABR rule sees when it picks the next segment's rung.
 #[derive(Debug, Clone, Copy)]
 pub struct AbrContext<'a> {
@@ -28,6 +44,39 @@ pub struct AbrContext<'a> {
     pub estimate: Option<ThroughputEstimate>,
     /// Sizes of the next segment per rung, when the player knows them.
     pub next_sizes_bits: Option<&'a [u64]>,
+    /// Every segment's sizes per rung (`[segment][rung]`), when the player knows them (lookahead rules use it).
+    pub all_sizes_bits: Option<&'a [Vec<u64>]>,
+}
+
+impl AbrContext<'_> {
+    /// Size of `segment` at `rung`: the real one when known, else nominal bitrate × duration.
+    pub fn size_bits(&self, segment: usize, rung: usize) -> f64 {
+        match self.all_sizes_bits.and_then(|s| s.get(segment)) {
+            Some(sizes) => sizes[rung] as f64,
+            None => self.bitrates_kbps[rung] * self.segment_duration_ms,
+        }
+    }
+}
+
+/// A finished (or abandoned) download, reported to the rule after the buffer was updated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DownloadReport {
+    /// Segment index.
+    pub segment_index: usize,
+    /// Rung that was downloaded.
+    pub rung: usize,
+    /// Full size of the segment.
+    pub size_bits: f64,
+    /// Bits received.
+    pub downloaded_bits: f64,
+    /// Total time, latency included.
+    pub time_ms: f64,
+    /// Latency part of `time_ms`.
+    pub time_to_first_bit_ms: f64,
+    /// Set when the download was abandoned for this rung.
+    pub abandoned_to: Option<usize>,
+    /// Buffer level after the download (the segment counted unless abandoned).
+    pub buffer_level_ms: f64,
 }
 
 /// The rung to fetch next and how long to wait before fetching it.
@@ -69,6 +118,10 @@ pub trait Abr: Send {
     ) -> Option<usize> {
         None
     }
+    /// The player idled `delay_ms` because the buffer was full (Sabre's `report_delay`).
+    fn report_delay(&mut self, _delay_ms: f64) {}
+    /// A download finished or was abandoned (Sabre's `report_download`; also called for the first segment).
+    fn report_download(&mut self, _report: &DownloadReport) {}
 }
 
 /// The ABR rules this crate implements.
@@ -79,6 +132,20 @@ pub enum AbrKind {
     Throughput,
     /// Sabre's `bola` (BOLA with the throughput cap on upswitches).
     Bola,
+    /// Sabre's `bolae`: BOLA-E (placeholder buffer, insufficient-buffer rule, abandonment).
+    Bolae,
+    /// Sabre's `dynamic`: throughput rule below 10 s of buffer, BOLA above.
+    Dynamic,
+    /// Sabre's `dynamicdash`: dash.js DYNAMIC (throughput below 5 s, BOLA-E above 10 s).
+    Dynamicdash,
+    /// BBA-0 (Huang et al., SIGCOMM 2014): a rate map over the buffer with a reservoir and a cushion.
+    Bba,
+    /// RobustMPC (Yin et al., SIGCOMM 2015) as in Pensieve's `mpc.py`: 5-segment horizon, linear QoE.
+    Robustmpc,
+    /// Offline optimum: dynamic programming over the known trace (simulation only).
+    Optimal,
+    /// Ours: model-predictive control on the player's own model (see `abr::ours`).
+    Ours,
 }
 
 /// Tuning shared by the rules.
@@ -96,23 +163,56 @@ impl Default for AbrConfig {
     }
 }
 
+/// Rebuffer penalty of the linear QoE (MPC, Pensieve): 4.3 per second of stall, bitrates in Mbit/s.
+pub const QOE_REBUFFER_PENALTY: f64 = 4.3;
+
 impl AbrKind {
     /// Every rule, for help texts.
-    pub const ALL: [AbrKind; 2] = [AbrKind::Throughput, AbrKind::Bola];
+    pub const ALL: [AbrKind; 9] = [
+        AbrKind::Throughput,
+        AbrKind::Bola,
+        AbrKind::Bolae,
+        AbrKind::Dynamic,
+        AbrKind::Dynamicdash,
+        AbrKind::Bba,
+        AbrKind::Robustmpc,
+        AbrKind::Optimal,
+        AbrKind::Ours,
+    ];
+
+    /// True for rules that need the whole trace in advance (simulation only).
+    pub fn is_offline(self) -> bool {
+        self == AbrKind::Optimal
+    }
 
     /// The command-line name.
     pub fn as_str(self) -> &'static str {
         match self {
             AbrKind::Throughput => "throughput",
             AbrKind::Bola => "bola",
+            AbrKind::Bolae => "bolae",
+            AbrKind::Dynamic => "dynamic",
+            AbrKind::Dynamicdash => "dynamicdash",
+            AbrKind::Bba => "bba",
+            AbrKind::Robustmpc => "robustmpc",
+            AbrKind::Optimal => "optimal",
+            AbrKind::Ours => "ours",
         }
     }
 
-    /// A fresh rule instance for one session.
+    /// A fresh rule instance for one session. `optimal` needs a plan made from
+    /// the trace (`crate::optimal`); built here without one it plays the lowest rung.
     pub fn build(self, config: &AbrConfig) -> Box<dyn Abr> {
         match self {
             AbrKind::Throughput => Box::new(ThroughputRule::new()),
             AbrKind::Bola => Box::new(Bola::new(config)),
+            AbrKind::Bolae => Box::new(BolaE::new(config)),
+            AbrKind::Dynamic => Box::new(Dynamic::new(config)),
+            AbrKind::Dynamicdash => Box::new(DynamicDash::new(config)),
+            AbrKind::Bba => Box::new(Bba::new(config)),
+            AbrKind::Robustmpc => Box::new(RobustMpc::new()),
+            AbrKind::Optimal => Box::new(Planned::new(Vec::new())),
+            AbrKind::Ours => Box::new(Ours::new(config)),
         }
     }
 }
@@ -125,7 +225,7 @@ impl fmt::Display for AbrKind {
 
 /// An ABR name nobody implements.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown ABR {0:?} (known: throughput, bola)")]
+#[error("unknown ABR {0:?} (known: throughput, bola, bolae, dynamic, dynamicdash, bba, robustmpc, optimal, ours)")]
 pub struct UnknownAbr(pub String);
 
 impl FromStr for AbrKind {
@@ -331,6 +431,7 @@ mod tests {
             bitrates_kbps: &LADDER,
             estimate: tput.map(|t| ThroughputEstimate { throughput_kbps: t, latency_ms: 100.0 }),
             next_sizes_bits: None,
+            all_sizes_bits: None,
         }
     }
 

@@ -32,6 +32,9 @@ pub struct LiveConfig {
     pub sessions: usize,
     /// Shape each session's downloads to this trace (looped).
     pub network: Option<NetworkTrace>,
+    /// One trace per session, cycled (session i gets `networks[i % len]`); when
+    /// non-empty it replaces `network`.
+    pub networks: Vec<NetworkTrace>,
     /// Client IPs sent as `X-Forwarded-For`, cycled over sessions; none sends no header.
     pub client_ips: Vec<String>,
     /// Manifest format (only HLS is played).
@@ -44,6 +47,9 @@ pub struct LiveConfig {
     pub max_buffer: Duration,
     /// Timeout of each request (steering, playlist, segment).
     pub request_timeout: Duration,
+    /// Time scale: media plays this many times faster than real time and the
+    /// trace is compressed to match; figures are reported in media time.
+    pub speed: f64,
 }
 
 impl LiveConfig {
@@ -54,12 +60,14 @@ impl LiveConfig {
             title: title.into(),
             sessions: 1,
             network: None,
+            networks: Vec::new(),
             client_ips: Vec::new(),
             format: Format::Hls,
             abr: AbrKind::Throughput,
             concurrency: 1,
             max_buffer: Duration::from_secs(25),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            speed: 1.0,
         }
     }
 }
@@ -73,6 +81,8 @@ pub enum LiveError {
     UnsupportedFormat,
     #[error("--concurrency must be at least 1")]
     ZeroConcurrency,
+    #[error("--speed must be a finite number > 0, got {0}")]
+    BadSpeed(f64),
     #[error("building the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
 }
@@ -87,10 +97,25 @@ pub struct LiveReport {
     /// Unweighted means over sessions that completed.
     #[serde(flatten)]
     pub means: QoeMeans,
+    /// Startup time percentiles over completed sessions (nearest rank), media time.
+    pub startup_ms_p50: f64,
+    pub startup_ms_p90: f64,
+    pub startup_ms_p99: f64,
+    /// Playback speed of the run (`--speed`).
+    pub speed: f64,
     pub total_bytes: u64,
     /// Bytes received per edge name, over all sessions.
     pub bytes_by_edge: BTreeMap<String, u64>,
     pub per_session: Vec<LiveSession>,
+}
+
+/// Nearest-rank percentile of sorted values; 0 when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 impl LiveReport {
@@ -102,12 +127,18 @@ impl LiveReport {
                 *bytes_by_edge.entry(edge.clone()).or_insert(0) += s.bytes;
             }
         }
+        let mut startups: Vec<f64> = ok.iter().map(|q| q.startup_ms).collect();
+        startups.sort_by(f64::total_cmp);
         Self {
             title: config.title.clone(),
             abr: config.abr,
             sessions: per_session.len(),
             failed: per_session.len() - ok.len(),
             means: QoeMeans::of(ok.iter().copied()),
+            startup_ms_p50: percentile(&startups, 50.0),
+            startup_ms_p90: percentile(&startups, 90.0),
+            startup_ms_p99: percentile(&startups, 99.0),
+            speed: config.speed,
             total_bytes: per_session.iter().map(|s| s.bytes).sum(),
             bytes_by_edge,
             per_session,
@@ -167,6 +198,10 @@ impl LiveReport {
             m.switches,
             self.total_bytes
         ));
+        out.push_str(&format!(
+            "startup ms p50 {:.0}, p90 {:.0}, p99 {:.0} (speed ×{})\n",
+            self.startup_ms_p50, self.startup_ms_p90, self.startup_ms_p99, self.speed
+        ));
         for (edge, bytes) in &self.bytes_by_edge {
             out.push_str(&format!("  {edge}: {bytes} bytes\n"));
         }
@@ -187,6 +222,9 @@ pub async fn run(config: LiveConfig) -> Result<LiveReport, LiveError> {
     if config.concurrency == 0 && config.sessions > 0 {
         return Err(LiveError::ZeroConcurrency);
     }
+    if !(config.speed.is_finite() && config.speed > 0.0) {
+        return Err(LiveError::BadSpeed(config.speed));
+    }
     let client = reqwest::Client::builder()
         .connect_timeout(config.request_timeout)
         .read_timeout(config.request_timeout)
@@ -199,8 +237,13 @@ pub async fn run(config: LiveConfig) -> Result<LiveReport, LiveError> {
         format: config.format,
         abr: config.abr,
         abr_config: AbrConfig { max_buffer_ms: config.max_buffer.as_secs_f64() * 1000.0, ..AbrConfig::default() },
-        network: config.network.clone(),
+        networks: if config.networks.is_empty() {
+            config.network.iter().cloned().collect()
+        } else {
+            config.networks.clone()
+        },
         request_timeout: config.request_timeout,
+        speed: config.speed,
     });
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let mut tasks = JoinSet::new();
@@ -241,4 +284,20 @@ pub async fn run(config: LiveConfig) -> Result<LiveReport, LiveError> {
         })
         .collect();
     Ok(LiveReport::from_sessions(&config, per_session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 90.0), 90.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 50.0), 2.0);
+    }
 }

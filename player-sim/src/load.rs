@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use vod::catalog::Catalog;
 use vod::trace::{Movie, NetworkTrace, TraceError};
 
 /// A trace or movie file that could not be used.
@@ -12,7 +13,9 @@ pub enum LoadError {
     Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {error}")]
     Invalid { path: PathBuf, error: TraceError },
-    #[error("{path}: no *.json traces in this directory")]
+    #[error(
+        "{path}: no traces in this directory (*.json, mahimahi *.up/*.down/*.mahi, *.log/*.txt or extensionless logs)"
+    )]
     NoTraces { path: PathBuf },
 }
 
@@ -20,17 +23,71 @@ fn read(path: &Path) -> Result<String, LoadError> {
     std::fs::read_to_string(path).map_err(|error| LoadError::Io { path: path.to_owned(), error })
 }
 
-/// Load and validate one network trace.
+/// The network trace formats this crate reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceFormat {
+    /// Sabre's JSON list of periods.
+    Json,
+    /// mahimahi: one ms timestamp per 1500-byte delivery.
+    Mahimahi,
+    /// Pensieve: `seconds Mbit/s` per line.
+    Pensieve,
+}
+
+/// The format of a trace file: by extension when it says (`.json`; `.mahi`,
+/// `.mahimahi`, `.up`, `.down`), else by its first non-empty line (`[` or `{`:
+/// JSON; one field: mahimahi; two: Pensieve).
+pub fn detect_format(path: &Path, text: &str) -> TraceFormat {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => return TraceFormat::Json,
+        Some("mahi" | "mahimahi" | "up" | "down") => return TraceFormat::Mahimahi,
+        _ => {}
+    }
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    if first.starts_with('[') || first.starts_with('{') {
+        TraceFormat::Json
+    } else if first.split_whitespace().count() == 1 {
+        TraceFormat::Mahimahi
+    } else {
+        TraceFormat::Pensieve
+    }
+}
+
+/// Load and validate one network trace in any supported format.
 pub fn load_trace(path: &Path) -> Result<NetworkTrace, LoadError> {
-    NetworkTrace::from_json(&read(path)?).map_err(|error| LoadError::Invalid { path: path.to_owned(), error })
+    let text = read(path)?;
+    let parsed = match detect_format(path, &text) {
+        TraceFormat::Json => NetworkTrace::from_json(&text),
+        TraceFormat::Mahimahi => NetworkTrace::from_mahimahi(&text),
+        TraceFormat::Pensieve => NetworkTrace::from_pensieve(&text),
+    };
+    parsed.map_err(|error| LoadError::Invalid { path: path.to_owned(), error })
 }
 
-/// Load and validate a movie description.
+/// Load and validate a movie: the traces folder's movie format, or one of our
+/// titles' `catalog.json` (recognised by its `renditions`).
 pub fn load_movie(path: &Path) -> Result<Movie, LoadError> {
-    Movie::from_json(&read(path)?).map_err(|error| LoadError::Invalid { path: path.to_owned(), error })
+    let text = read(path)?;
+    let invalid = |error| LoadError::Invalid { path: path.to_owned(), error };
+    let is_catalog = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.get("renditions").is_some());
+    if is_catalog {
+        let catalog: Catalog = serde_json::from_str(&text).map_err(|e| invalid(TraceError::Json(e.to_string())))?;
+        return Movie::from_catalog(&catalog).map_err(invalid);
+    }
+    Movie::from_json(&text).map_err(invalid)
 }
 
-/// A trace file, or every `*.json` in a directory sorted by file name; each named by its file name.
+/// Whether a directory entry looks like a trace (so READMEs and the like are skipped).
+fn is_trace_file(p: &Path) -> bool {
+    let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
+    let known = match p.extension().and_then(|e| e.to_str()) {
+        None => true,
+        Some(e) => matches!(e, "json" | "mahi" | "mahimahi" | "up" | "down" | "log" | "txt"),
+    };
+    !hidden && known && p.is_file()
+}
+
+/// A trace file, or every trace file in a directory (see `is_trace_file`) sorted by file name; each named by its file name.
 pub fn load_traces(path: &Path) -> Result<Vec<(String, NetworkTrace)>, LoadError> {
     let meta = std::fs::metadata(path).map_err(|error| LoadError::Io { path: path.to_owned(), error })?;
     let files = if meta.is_dir() {
@@ -39,7 +96,7 @@ pub fn load_traces(path: &Path) -> Result<Vec<(String, NetworkTrace)>, LoadError
         for entry in entries {
             let entry = entry.map_err(|error| LoadError::Io { path: path.to_owned(), error })?;
             let p = entry.path();
-            if p.extension().is_some_and(|e| e == "json") && p.is_file() {
+            if is_trace_file(&p) {
                 files.push(p);
             }
         }
@@ -58,4 +115,71 @@ pub fn load_traces(path: &Path) -> Result<Vec<(String, NetworkTrace)>, LoadError
             load_trace(&p).map(|t| (name, t))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_formats_by_extension_then_content() {
+        let p = Path::new;
+        assert_eq!(detect_format(p("a.json"), "0 1"), TraceFormat::Json);
+        assert_eq!(detect_format(p("a.down"), "0 1"), TraceFormat::Mahimahi);
+        assert_eq!(detect_format(p("trace"), "\n  [{\"duration_ms\": 1}]"), TraceFormat::Json);
+        assert_eq!(detect_format(p("trace.log"), "12\n13\n"), TraceFormat::Mahimahi);
+        assert_eq!(detect_format(p("norway_bus_1"), "0.0 1.2\n"), TraceFormat::Pensieve);
+    }
+
+    #[test]
+    fn a_folder_runs_every_format_and_skips_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.json"), r#"[{"duration_ms": 1000, "bandwidth_kbps": 500, "latency_ms": 20}]"#)
+            .unwrap();
+        std::fs::write(d.join("b.down"), "0\n5\n1200\n").unwrap();
+        std::fs::write(d.join("c_pensieve"), "0 1.0\n1 2.0\n").unwrap();
+        std::fs::write(d.join("README.md"), "not a trace").unwrap();
+        std::fs::write(d.join(".hidden"), "junk").unwrap();
+        let traces = load_traces(d).unwrap();
+        let names: Vec<&str> = traces.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a.json", "b.down", "c_pensieve"]);
+        assert_eq!(traces[1].1.periods()[0].bandwidth_kbps, 24.0);
+        assert_eq!(traces[2].1.periods()[1].bandwidth_kbps, 2000.0);
+    }
+
+    #[test]
+    fn a_catalog_json_is_a_movie() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        let rendition = |id: &str, bps: u64, bytes: [u64; 2]| {
+            format!(
+                r#"{{"id": "{id}", "kind": "video", "codecs": "avc1", "bandwidth_bps": {bps}, "average_bandwidth_bps": {bps},
+                "width": 640, "height": 360, "frame_rate": 25.0, "sample_rate": null, "channels": null, "timescale": 1000,
+                "init_bytes": 800, "segments": [{{"start": 0, "duration": 4000, "bytes": {}}}, {{"start": 4000, "duration": 4000, "bytes": {}}}]}}"#,
+                bytes[0], bytes[1]
+            )
+        };
+        let json = format!(
+            r#"{{"title": "t1", "segment_duration_ms": 4000, "duration_ms": 8000, "renditions": [{}, {}]}}"#,
+            rendition("v2", 2_000_000, [900_000, 1_100_000]),
+            rendition("v1", 500_000, [200_000, 260_000])
+        );
+        std::fs::write(&path, json).unwrap();
+        let movie = load_movie(&path).unwrap();
+        assert_eq!(movie.bitrates_kbps, vec![500.0, 2000.0]);
+        assert_eq!(movie.segment_sizes_bits[1], vec![2_080_000, 8_800_000]);
+        std::fs::write(&path, r#"{"title": "t1", "renditions": []}"#).unwrap();
+        let msg = load_movie(&path).unwrap_err().to_string();
+        assert!(msg.contains("catalog.json"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_trace_errors_name_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad_pensieve");
+        std::fs::write(&path, "0 1\n1 2\n2 lots\n").unwrap();
+        let msg = load_trace(&path).unwrap_err().to_string();
+        assert!(msg.contains("bad_pensieve") && msg.contains("line 3, field mbit_per_s"), "{msg}");
+    }
 }

@@ -27,7 +27,7 @@ enum Command {
         /// Movie description: segment duration, ladder, segment sizes.
         #[arg(long)]
         movie: PathBuf,
-        /// ABR rule: throughput or bola.
+        /// ABR rule: throughput, bola, bolae, dynamic, dynamicdash, bba, robustmpc, ours, or optimal (offline optimum).
         #[arg(long, default_value = "bola")]
         abr: AbrKind,
         /// Maximum buffer, seconds.
@@ -36,9 +36,55 @@ enum Command {
         /// Never abandon a download in flight.
         #[arg(long)]
         no_abandon: bool,
+        /// Sabre's session model and defaults, stated explicitly: 25 s buffer,
+        /// abandonment on, BOLA gamma·p 5, EWMA 3 s/8 s, playback from the first
+        /// segment's arrival, the trace looped. This is also the default; the
+        /// flag refuses options that would depart from it.
+        #[arg(long, conflicts_with_all = ["no_abandon", "max_buffer_s"])]
+        sabre_compat: bool,
+        /// Buffer cell (ms) of the offline optimum's state merge; smaller is slower and closer to the true optimum.
+        #[arg(long, default_value_t = player_sim::optimal::DEFAULT_GRID_MS)]
+        optimal_grid_ms: f64,
+        /// Also write one CSV row per session to this file.
+        #[arg(long)]
+        csv: Option<PathBuf>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Run several rules over the same traces: a table (or JSON) of their means,
+    /// and with --svg, CDFs of bitrate, rebuffer ratio and QoE per rule.
+    Compare {
+        /// A trace file or a directory of traces.
+        #[arg(long)]
+        network: PathBuf,
+        /// Movie description or catalog.json.
+        #[arg(long)]
+        movie: PathBuf,
+        /// Rules to compare (default: all).
+        #[arg(long = "abr")]
+        abrs: Vec<AbrKind>,
+        /// Write cdf-bitrate.svg, cdf-rebuffer.svg and cdf-qoe.svg into this directory.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Print JSON (one report per rule) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time every rule (or those given) over a trace set, single-threaded, and print JSON.
+    Bench {
+        /// A trace file or a directory of traces.
+        #[arg(long)]
+        network: PathBuf,
+        /// Movie description.
+        #[arg(long)]
+        movie: PathBuf,
+        /// Rules to time (default: all).
+        #[arg(long = "abr")]
+        abrs: Vec<AbrKind>,
+        /// Keep repeating whole passes over the traces for at least this long per rule, seconds.
+        #[arg(long, default_value_t = 1.0)]
+        min_time_s: f64,
     },
     /// Play real sessions through steering and edges, concurrently, and report QoE.
     ///
@@ -53,7 +99,7 @@ enum Command {
         /// Number of sessions.
         #[arg(long, default_value_t = 1)]
         sessions: usize,
-        /// Shape each session's download rate to this trace (looped).
+        /// Shape each session's download rate to this trace (looped); a directory gives session i its i-th trace (cycled).
         #[arg(long)]
         network: Option<PathBuf>,
         /// Client IPs sent as X-Forwarded-For; sessions cycle through them.
@@ -74,6 +120,9 @@ enum Command {
         /// Timeout of each network operation, seconds.
         #[arg(long, default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs_f64())]
         timeout_s: f64,
+        /// Play this many times faster than real time (the trace is compressed to match); figures are in media time.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -120,7 +169,12 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Sim { network, movie, abr, max_buffer_s, no_abandon, json } => {
+        Command::Sim { network, movie, abr, max_buffer_s, no_abandon, sabre_compat, optimal_grid_ms, csv, json } => {
+            // Sabre's defaults are ours; clap already refused the flags that change them.
+            let _ = sabre_compat;
+            if !(optimal_grid_ms.is_finite() && optimal_grid_ms > 0.0) {
+                anyhow::bail!("--optimal-grid-ms must be > 0, got {optimal_grid_ms}");
+            }
             let max_buffer = seconds("--max-buffer-s", max_buffer_s)?;
             let movie = load_movie(&movie).context("loading the movie")?;
             let traces = load_traces(&network).context("loading network traces")?;
@@ -128,13 +182,73 @@ fn run(command: Command) -> Result<()> {
                 abr,
                 abr_config: AbrConfig { max_buffer_ms: max_buffer.as_secs_f64() * 1000.0, ..AbrConfig::default() },
                 abandon: !no_abandon,
+                optimal_grid_ms,
             };
             let report = player_sim::simulate_all(&traces, &movie, &config);
+            if let Some(path) = csv {
+                std::fs::write(&path, report.to_csv()).with_context(|| format!("writing {}", path.display()))?;
+            }
             if json {
                 print_json(&report)?;
             } else {
                 emit(&report.to_table())?;
             }
+        }
+        Command::Compare { network, movie, abrs, svg, json } => {
+            let movie = load_movie(&movie).context("loading the movie")?;
+            let traces = load_traces(&network).context("loading network traces")?;
+            let kinds = if abrs.is_empty() { AbrKind::ALL.to_vec() } else { abrs };
+            let reports: Vec<_> =
+                kinds.iter().map(|&k| player_sim::simulate_all(&traces, &movie, &SimConfig::new(k))).collect();
+            if let Some(dir) = svg {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                type Metric = fn(&player_sim::report::SessionQoe) -> f64;
+                let plots: [(&str, &str, &str, Metric); 3] = [
+                    ("cdf-bitrate.svg", "Average bitrate per session", "kbps", |q| q.avg_bitrate_kbps),
+                    ("cdf-rebuffer.svg", "Rebuffer ratio per session", "stall / session time", |q| q.rebuffer_ratio),
+                    ("cdf-qoe.svg", "Linear QoE per session", "QoE (Mbit/s − 4.3·stall s − switches)", |q| q.qoe),
+                ];
+                for (file, title, label, metric) in plots {
+                    let series: Vec<(String, Vec<f64>)> = reports
+                        .iter()
+                        .map(|r| (r.abr.to_string(), r.per_session.iter().map(|s| metric(&s.qoe)).collect()))
+                        .collect();
+                    let path = dir.join(file);
+                    std::fs::write(&path, player_sim::plot::cdf_svg(title, label, &series))
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+            }
+            if json {
+                print_json(&reports)?;
+            } else {
+                let rows: Vec<Vec<String>> = reports
+                    .iter()
+                    .map(|r| {
+                        let m = &r.means;
+                        vec![
+                            r.abr.to_string(),
+                            format!("{:.1}", m.avg_bitrate_kbps),
+                            format!("{:.5}", m.rebuffer_ratio),
+                            format!("{:.2}", m.rebuffer_events),
+                            format!("{:.2}", m.switches),
+                            format!("{:.0}", m.startup_ms),
+                            format!("{:.1}", m.qoe),
+                        ]
+                    })
+                    .collect();
+                emit(&player_sim::report::table(
+                    &["abr", "avg_kbps", "rebuf_ratio", "rebuf_events", "switches", "startup_ms", "qoe"],
+                    &rows,
+                ))?;
+            }
+        }
+        Command::Bench { network, movie, abrs, min_time_s } => {
+            let min_time = seconds("--min-time-s", min_time_s)?;
+            let movie = load_movie(&movie).context("loading the movie")?;
+            let traces = load_traces(&network).context("loading network traces")?;
+            let kinds = if abrs.is_empty() { AbrKind::ALL.to_vec() } else { abrs };
+            let speeds = player_sim::bench::measure(&traces, &movie, &kinds, min_time, 1000);
+            print_json(&speeds)?;
         }
         Command::Live {
             steering,
@@ -147,23 +261,34 @@ fn run(command: Command) -> Result<()> {
             concurrency,
             max_buffer_s,
             timeout_s,
+            speed,
             json,
         } => {
-            let network = match network {
-                Some(p) => Some(load_trace(&p).context("loading the network trace")?),
-                None => None,
+            if abr.is_offline() {
+                anyhow::bail!("--abr {abr} needs the whole network trace in advance; it runs in `sim` only");
+            }
+            // A directory gives each session its own trace (cycled); a file shapes them all.
+            let (network, networks) = match network {
+                Some(p) if p.is_dir() => {
+                    let traces = load_traces(&p).context("loading network traces")?;
+                    (None, traces.into_iter().map(|(_, t)| t).collect())
+                }
+                Some(p) => (Some(load_trace(&p).context("loading the network trace")?), Vec::new()),
+                None => (None, Vec::new()),
             };
             let config = LiveConfig {
                 steering,
                 title,
                 sessions,
                 network,
+                networks,
                 client_ips,
                 format,
                 abr,
                 concurrency: concurrency.unwrap_or(sessions),
                 max_buffer: seconds("--max-buffer-s", max_buffer_s)?,
                 request_timeout: seconds("--timeout-s", timeout_s)?,
+                speed,
             };
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             let report = runtime.block_on(player_sim::live::run(config)).context("live run")?;

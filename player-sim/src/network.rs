@@ -29,6 +29,26 @@ pub struct Download {
 /// Asked during a download whether to abandon it: `Some(rung)` gives up for that rung.
 pub type AbandonCheck<'c> = &'c mut dyn FnMut(&DownloadProgress) -> Option<usize>;
 
+/// Where each period of one pass starts, to jump to any time in O(log n).
+#[derive(Debug, Clone)]
+pub struct TraceIndex {
+    starts: Vec<f64>,
+    pass_ms: f64,
+}
+
+impl TraceIndex {
+    /// Index `trace`.
+    pub fn new(trace: &NetworkTrace) -> Self {
+        let mut starts = Vec::with_capacity(trace.periods().len());
+        let mut t = 0.0;
+        for p in trace.periods() {
+            starts.push(t);
+            t += p.duration_ms as f64;
+        }
+        Self { starts, pass_ms: t }
+    }
+}
+
 /// A position in a looping trace.
 #[derive(Debug, Clone)]
 pub struct NetworkModel<'a> {
@@ -52,6 +72,15 @@ impl<'a> NetworkModel<'a> {
         m.delay(offset_ms.max(0.0) % pass);
         m.now_ms = offset_ms.max(0.0);
         m
+    }
+
+    /// At `offset_ms` into the (looped) trace, found by binary search in `index` (built from the same trace).
+    pub fn at_indexed(trace: &'a NetworkTrace, index: &TraceIndex, offset_ms: f64) -> Self {
+        let periods = trace.periods();
+        let into = offset_ms.max(0.0) % index.pass_ms;
+        let i = index.starts.partition_point(|&s| s <= into).saturating_sub(1);
+        let time_to_next = (periods[i].duration_ms as f64 - (into - index.starts[i])).max(0.0);
+        Self { trace: periods, index: i, time_to_next, now_ms: offset_ms.max(0.0) }
     }
 
     /// Virtual time elapsed since the model started.

@@ -10,7 +10,7 @@ use reqwest::{Client, Url};
 use serde::Serialize;
 use vod::steering::{Format, PlayResponse};
 
-use crate::abr::{AbrConfig, AbrContext, AbrKind};
+use crate::abr::{AbrConfig, AbrContext, AbrKind, DownloadReport};
 use crate::estimate::Ewma;
 use crate::hls::{self, HlsError, Master, MediaTrack};
 use crate::playback::Playback;
@@ -52,8 +52,11 @@ pub(crate) struct SessionSettings {
     pub format: Format,
     pub abr: AbrKind,
     pub abr_config: AbrConfig,
-    pub network: Option<NetworkTrace>,
+    /// Session i is shaped by `networks[i % len]`; none when empty.
+    pub networks: Vec<NetworkTrace>,
     pub request_timeout: Duration,
+    /// Playback runs this many times faster than real time (the trace is scaled to match).
+    pub speed: f64,
 }
 
 /// One session's outcome (also for failed sessions: what happened up to the failure).
@@ -168,7 +171,10 @@ pub(crate) async fn play_session(
     let mut fetcher = Fetcher {
         client,
         timeout: settings.request_timeout,
-        shaper: settings.network.clone().map(|t| Shaper::new(t, t0)),
+        shaper: (!settings.networks.is_empty()).then(|| {
+            let trace = &settings.networks[index % settings.networks.len()];
+            Shaper::new(crate::shaping::time_scaled(trace, settings.speed), t0)
+        }),
         bytes: 0,
     };
     let mut state = State { edge: None, url: None, audio_segments: 0, playback: Playback::new() };
@@ -285,21 +291,26 @@ async fn run_session(
     let mut video_init: Option<Url> = None;
     let mut audio_init: Option<Url> = None;
     let max_buffer_ms = settings.abr_config.max_buffer_ms;
+    // Everything the player sees runs on media time: real time × speed.
+    let speed = if settings.speed.is_finite() && settings.speed > 0.0 { settings.speed } else { 1.0 };
+    let media_ms = |t0: Instant| ms_since(t0) * speed;
 
     for (i, &duration_ms) in timeline.iter().enumerate() {
         // Wait for room in the buffer (at most one buffer's worth).
-        let over = state.playback.level_ms(ms_since(t0)) + duration_ms - max_buffer_ms;
+        let over = state.playback.level_ms(media_ms(t0)) + duration_ms - max_buffer_ms;
         if over > 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(over.min(max_buffer_ms) / 1000.0)).await;
+            tokio::time::sleep(Duration::from_secs_f64(over.min(max_buffer_ms) / 1000.0 / speed)).await;
+            abr.report_delay(over.min(max_buffer_ms));
         }
         let ctx = AbrContext {
             segment_index: i,
             segment_count: timeline.len(),
             segment_duration_ms: duration_ms.max(1.0),
-            buffer_level_ms: state.playback.level_ms(ms_since(t0)),
+            buffer_level_ms: state.playback.level_ms(media_ms(t0)),
             bitrates_kbps: &bitrates,
             estimate: estimator.estimate(),
             next_sizes_bits: None,
+            all_sizes_bits: None,
         };
         let rung = abr.choose(&ctx).rung.min(bitrates.len() - 1);
         if let Entry::Vacant(slot) = tracks.entry(rung) {
@@ -333,11 +344,22 @@ async fn run_session(
         let f = fetcher.get(&segment.url, false).await?;
         let bits = (fetcher.bytes - before) as f64 * 8.0;
         // Loopback can deliver a whole segment with its headers: floor the time so the sample stays finite.
-        let transfer_ms = ((f.total - f.ttfb).as_secs_f64() * 1000.0).max(1.0);
-        estimator.push(transfer_ms, bits / transfer_ms, f.ttfb.as_secs_f64() * 1000.0);
+        let transfer_ms = ((f.total - f.ttfb).as_secs_f64() * 1000.0 * speed).max(1.0);
+        estimator.push(transfer_ms, bits / transfer_ms, f.ttfb.as_secs_f64() * 1000.0 * speed);
         state
             .playback
-            .push(ms_since(t0), PlayedSegment { bitrate_kbps: bitrates[rung], duration_ms: segment.duration_ms });
+            .push(media_ms(t0), PlayedSegment { bitrate_kbps: bitrates[rung], duration_ms: segment.duration_ms });
+        let ttfb_ms = f.ttfb.as_secs_f64() * 1000.0 * speed;
+        abr.report_download(&DownloadReport {
+            segment_index: i,
+            rung,
+            size_bits: bits,
+            downloaded_bits: bits,
+            time_ms: ttfb_ms + transfer_ms,
+            time_to_first_bit_ms: ttfb_ms,
+            abandoned_to: None,
+            buffer_level_ms: state.playback.level_ms(media_ms(t0)),
+        });
     }
     Ok(())
 }

@@ -30,6 +30,8 @@ pub struct SessionQoe {
     pub switches: u64,
     /// Segments played.
     pub segments: usize,
+    /// Linear QoE (MPC, Pensieve): Σ bitrate (Mbit/s) − 4.3 · (startup + stall) (s) − Σ |Δ bitrate| (Mbit/s).
+    pub qoe: f64,
 }
 
 impl SessionQoe {
@@ -40,6 +42,11 @@ impl SessionQoe {
         let bit_ms = played.iter().fold(0.0, |acc, s| acc + s.bitrate_kbps * s.duration_ms);
         let total = startup_ms + content_ms + stall_ms;
         let switches = played.windows(2).filter(|w| w[0].bitrate_kbps != w[1].bitrate_kbps).count() as u64;
+        let bitrate_sum = played.iter().fold(0.0, |acc, s| acc + s.bitrate_kbps) / 1000.0;
+        let change_sum =
+            played.windows(2).fold(0.0, |acc, w| acc + (w[1].bitrate_kbps - w[0].bitrate_kbps).abs()) / 1000.0;
+        // Pensieve counts the wait for the first segment as rebuffering, and so does the offline optimum.
+        let qoe = bitrate_sum - crate::abr::QOE_REBUFFER_PENALTY * (startup_ms + stall_ms) / 1000.0 - change_sum;
         let ratio = |x: f64| if total > 0.0 { x / total } else { 0.0 };
         Self {
             startup_ms,
@@ -50,6 +57,7 @@ impl SessionQoe {
             rebuffer_events,
             switches,
             segments: played.len(),
+            qoe,
         }
     }
 }
@@ -63,6 +71,8 @@ pub struct QoeMeans {
     pub switches: f64,
     pub startup_ms: f64,
     pub stall_ms: f64,
+    /// Mean linear QoE per session.
+    pub qoe: f64,
 }
 
 impl QoeMeans {
@@ -78,6 +88,7 @@ impl QoeMeans {
             sum.switches += s.switches as f64;
             sum.startup_ms += s.startup_ms;
             sum.stall_ms += s.stall_ms;
+            sum.qoe += s.qoe;
         }
         if n == 0 {
             return sum;
@@ -90,6 +101,7 @@ impl QoeMeans {
             switches: sum.switches / k,
             startup_ms: sum.startup_ms / k,
             stall_ms: sum.stall_ms / k,
+            qoe: sum.qoe / k,
         }
     }
 }

@@ -20,6 +20,27 @@ pub fn period_at(trace: &NetworkTrace, at_ms: f64) -> NetworkPeriod {
     *NetworkModel::at(trace, at_ms).current()
 }
 
+/// `trace` played `speed` times faster: periods last 1/speed as long, carry
+/// `speed` times the bandwidth, and add 1/speed of the latency. A session
+/// shaped by it and played `speed` times faster is the original session on a
+/// compressed clock (`--speed`).
+pub fn time_scaled(trace: &NetworkTrace, speed: f64) -> NetworkTrace {
+    if speed == 1.0 || !(speed.is_finite() && speed > 0.0) {
+        return trace.clone();
+    }
+    let periods = trace
+        .periods()
+        .iter()
+        .map(|p| NetworkPeriod {
+            duration_ms: ((p.duration_ms as f64 / speed).round() as u64).max(1),
+            bandwidth_kbps: p.bandwidth_kbps * speed,
+            latency_ms: p.latency_ms / speed,
+        })
+        .collect();
+    // Scaling keeps every invariant `NetworkTrace::new` checks.
+    NetworkTrace::new(periods).unwrap_or_else(|_| trace.clone())
+}
+
 /// Per-session pacing state.
 #[derive(Debug, Clone)]
 pub struct Shaper {
@@ -57,6 +78,24 @@ impl Shaper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_scaling_compresses_the_clock() {
+        let t = NetworkTrace::new(vec![
+            NetworkPeriod { duration_ms: 1000, bandwidth_kbps: 500.0, latency_ms: 80.0 },
+            NetworkPeriod { duration_ms: 3000, bandwidth_kbps: 2000.0, latency_ms: 40.0 },
+        ])
+        .unwrap();
+        let fast = time_scaled(&t, 4.0);
+        assert_eq!(fast.duration_ms(), 1000);
+        assert_eq!(fast.periods()[1].bandwidth_kbps, 8000.0);
+        assert_eq!(fast.periods()[0].latency_ms, 20.0);
+        // The same bits take a quarter of the time.
+        let slow_ms = transfer_ms(&t, 0.0, 1_500_000.0);
+        let fast_ms = transfer_ms(&fast, 0.0, 1_500_000.0);
+        assert!((slow_ms / 4.0 - fast_ms).abs() < 1e-6, "{slow_ms} {fast_ms}");
+        assert_eq!(time_scaled(&t, 1.0), t);
+    }
 
     fn trace() -> NetworkTrace {
         // 1 s at 800 kbps (100 kB/s), 1 s at 400 kbps, looping.

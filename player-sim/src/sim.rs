@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use serde::Serialize;
 use vod::trace::{Movie, NetworkTrace};
 
-use crate::abr::{AbrConfig, AbrContext, AbrKind, DownloadProgress};
+use crate::abr::{Abr, AbrConfig, AbrContext, AbrKind, DownloadProgress, DownloadReport, Planned};
 use crate::estimate::Ewma;
 use crate::network::NetworkModel;
 use crate::report::{table, PlayedSegment, QoeMeans, SessionQoe};
@@ -22,12 +22,14 @@ pub struct SimConfig {
     pub abr_config: AbrConfig,
     /// Let the ABR abandon downloads in flight (Sabre does by default).
     pub abandon: bool,
+    /// Buffer cell of the offline optimum's state merge (`crate::optimal`).
+    pub optimal_grid_ms: f64,
 }
 
 impl SimConfig {
     /// Sabre's defaults with the given rule: 25 s buffer, gamma·p = 5, abandonment on.
     pub fn new(abr: AbrKind) -> Self {
-        Self { abr, abr_config: AbrConfig::default(), abandon: true }
+        Self { abr, abr_config: AbrConfig::default(), abandon: true, optimal_grid_ms: crate::optimal::DEFAULT_GRID_MS }
     }
 }
 
@@ -96,7 +98,12 @@ pub fn simulate(trace: &NetworkTrace, movie: &Movie, config: &SimConfig) -> SimO
     let bitrates = movie.bitrates_kbps.as_slice();
     let count = movie.segment_count();
     let max_buffer_ms = config.abr_config.max_buffer_ms;
-    let mut abr = config.abr.build(&config.abr_config);
+    let (mut abr, abandon): (Box<dyn Abr>, bool) = if config.abr.is_offline() {
+        let plan = crate::optimal::plan(trace, movie, max_buffer_ms, config.optimal_grid_ms);
+        (Box::new(Planned::new(plan)), false)
+    } else {
+        (config.abr.build(&config.abr_config), config.abandon)
+    };
     let mut network = NetworkModel::new(trace);
     let mut estimator = Ewma::new(seg_ms);
     let mut playout = Playout::new(seg_ms);
@@ -111,6 +118,7 @@ pub fn simulate(trace: &NetworkTrace, movie: &Movie, config: &SimConfig) -> SimO
         bitrates_kbps: bitrates,
         estimate: estimator.estimate(),
         next_sizes_bits: movie.segment_sizes_bits.get(index).map(Vec::as_slice),
+        all_sizes_bits: Some(&movie.segment_sizes_bits),
     };
 
     // First segment: nothing known, no abandonment; playback starts on arrival.
@@ -120,6 +128,16 @@ pub fn simulate(trace: &NetworkTrace, movie: &Movie, config: &SimConfig) -> SimO
     let transfer_ms = dl.time_ms - dl.time_to_first_bit_ms;
     estimator.push(transfer_ms, dl.downloaded_bits / transfer_ms, dl.time_to_first_bit_ms);
     playout.queued.push_back(first);
+    abr.report_download(&DownloadReport {
+        segment_index: 0,
+        rung: first,
+        size_bits: dl.size_bits,
+        downloaded_bits: dl.downloaded_bits,
+        time_ms: dl.time_ms,
+        time_to_first_bit_ms: dl.time_to_first_bit_ms,
+        abandoned_to: None,
+        buffer_level_ms: playout.level_ms(),
+    });
     rungs.push(first);
     played.push(PlayedSegment { bitrate_kbps: bitrates[first], duration_ms: seg_ms });
 
@@ -130,6 +148,7 @@ pub fn simulate(trace: &NetworkTrace, movie: &Movie, config: &SimConfig) -> SimO
         if full_delay > 0.0 {
             playout.play(full_delay);
             network.delay(full_delay);
+            abr.report_delay(full_delay);
         }
         let ctx = context(next, playout.level_ms(), &estimator);
         let decision = abr.choose(&ctx);
@@ -141,7 +160,7 @@ pub fn simulate(trace: &NetworkTrace, movie: &Movie, config: &SimConfig) -> SimO
         let level_at_start = playout.level_ms();
         let ctx = AbrContext { buffer_level_ms: level_at_start, ..ctx };
         let size = movie.segment_sizes_bits[next][rung] as f64;
-        let dl = if config.abandon {
+        let dl = if abandon {
             let mut check = |p: &DownloadProgress| abr.check_abandon(&ctx, p, (level_at_start - p.elapsed_ms).max(0.0));
             network.download(size, rung, Some(&mut check))
         } else {
@@ -153,6 +172,18 @@ pub fn simulate(trace: &NetworkTrace, movie: &Movie, config: &SimConfig) -> SimO
             rungs.push(rung);
             played.push(PlayedSegment { bitrate_kbps: bitrates[rung], duration_ms: seg_ms });
             next += 1;
+        }
+        abr.report_download(&DownloadReport {
+            segment_index: next - usize::from(dl.abandoned_to.is_none()),
+            rung,
+            size_bits: dl.size_bits,
+            downloaded_bits: dl.downloaded_bits,
+            time_ms: dl.time_ms,
+            time_to_first_bit_ms: dl.time_to_first_bit_ms,
+            abandoned_to: dl.abandoned_to,
+            buffer_level_ms: playout.level_ms(),
+        });
+        if dl.abandoned_to.is_none() {
             let transfer_ms = dl.time_ms - dl.time_to_first_bit_ms;
             estimator.push(transfer_ms, dl.downloaded_bits / transfer_ms, dl.time_to_first_bit_ms);
         }
@@ -202,9 +233,34 @@ pub fn simulate_all(traces: &[(String, NetworkTrace)], movie: &Movie, config: &S
 }
 
 impl SimReport {
+    /// One CSV row per session, with a header.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from(
+            "trace,abr,avg_bitrate_kbps,rebuffer_ratio,rebuffer_events,switches,startup_ms,stall_ms,content_ms,qoe\n",
+        );
+        for s in &self.per_session {
+            let q = &s.qoe;
+            // Trace names are file names; quote them so a comma cannot shift the columns.
+            out.push_str(&format!(
+                "\"{}\",{},{},{},{},{},{},{},{},{}\n",
+                s.trace.replace('"', "\"\""),
+                self.abr,
+                q.avg_bitrate_kbps,
+                q.rebuffer_ratio,
+                q.rebuffer_events,
+                q.switches,
+                q.startup_ms,
+                q.stall_ms,
+                q.content_ms,
+                q.qoe
+            ));
+        }
+        out
+    }
+
     /// A readable table: one row per session and a row of means.
     pub fn to_table(&self) -> String {
-        let row = |name: &str, kbps: f64, ratio: f64, events: String, switches: String, startup: f64| {
+        let row = |name: &str, kbps: f64, ratio: f64, events: String, switches: String, startup: f64, qoe: f64| {
             vec![
                 name.to_owned(),
                 format!("{kbps:.1}"),
@@ -212,6 +268,7 @@ impl SimReport {
                 events,
                 switches,
                 format!("{startup:.0}"),
+                format!("{qoe:.1}"),
             ]
         };
         let mut rows: Vec<Vec<String>> = self
@@ -226,6 +283,7 @@ impl SimReport {
                     q.rebuffer_events.to_string(),
                     q.switches.to_string(),
                     q.startup_ms,
+                    q.qoe,
                 )
             })
             .collect();
@@ -237,8 +295,9 @@ impl SimReport {
             format!("{:.2}", m.rebuffer_events),
             format!("{:.2}", m.switches),
             m.startup_ms,
+            m.qoe,
         ));
-        table(&["trace", "avg_kbps", "rebuf_ratio", "rebuf_events", "switches", "startup_ms"], &rows)
+        table(&["trace", "avg_kbps", "rebuf_ratio", "rebuf_events", "switches", "startup_ms", "qoe"], &rows)
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use player_sim::live::{run, LiveConfig, LiveReport};
+use player_sim::AbrKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -314,6 +315,62 @@ async fn a_full_buffer_makes_the_player_wait_in_real_time() {
     assert_eq!(report.failed, 0, "{:#?}", report.per_session);
     assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
     assert_eq!(report.per_session[0].qoe.rebuffer_events, 0);
+}
+
+#[tokio::test]
+async fn lookahead_rules_learn_from_live_downloads() {
+    // RobustMPC and ours only see throughput through download reports: on
+    // loopback they must leave the lowest rung after the first segment.
+    let (server, _t) = stack(title(4, 1.0)).await;
+    for abr in [AbrKind::Robustmpc, AbrKind::Ours, AbrKind::Bolae] {
+        let mut c = config(server.addr, 1);
+        c.abr = abr;
+        let report = run_bounded(c).await;
+        let s = &report.per_session[0];
+        assert_eq!(s.error, None, "{abr}: {s:#?}");
+        assert!(s.qoe.switches >= 1, "{abr} never left the lowest rung: {s:#?}");
+    }
+}
+
+#[tokio::test]
+async fn each_session_gets_its_own_trace() {
+    // Session 0 on a fast link climbs to the top rung; session 1 at 300 kbit/s
+    // stays at the lowest (played 4× faster, the figures are unchanged).
+    let (server, _t) = stack(title(3, 1.0)).await;
+    let mut c = config(server.addr, 2);
+    let link = |kbps| {
+        NetworkTrace::new(vec![NetworkPeriod { duration_ms: 1000, bandwidth_kbps: kbps, latency_ms: 5.0 }]).unwrap()
+    };
+    c.networks = vec![link(50_000.0), link(300.0)];
+    c.speed = 4.0;
+    let report = run_bounded(c).await;
+    assert_eq!(report.failed, 0, "{:#?}", report.per_session);
+    let (fast, slow) = (&report.per_session[0].qoe, &report.per_session[1].qoe);
+    assert_eq!(fast.switches, 1, "{fast:?}");
+    assert_eq!(slow.switches, 0, "{slow:?}");
+    assert!(fast.avg_bitrate_kbps > slow.avg_bitrate_kbps);
+}
+
+#[tokio::test]
+async fn speed_compresses_the_wait_and_reports_startup_percentiles() {
+    // Eight 1 s segments, a 2 s buffer: in real time the session takes ~6 s;
+    // at speed 4 about 1.5 s, and the figures stay in media time.
+    let (server, _t) = stack(title(8, 1.0)).await;
+    let mut c = config(server.addr, 2);
+    c.max_buffer = Duration::from_secs(2);
+    c.speed = 4.0;
+    let started = Instant::now();
+    let report = run_bounded(c).await;
+    let elapsed = started.elapsed();
+    assert_eq!(report.failed, 0, "{:#?}", report.per_session);
+    assert!(elapsed >= Duration::from_millis(1400), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(5500), "{elapsed:?}: not sped up");
+    assert_eq!(report.speed, 4.0);
+    assert!(report.startup_ms_p50 > 0.0 && report.startup_ms_p50 <= report.startup_ms_p90);
+    assert!(report.startup_ms_p90 <= report.startup_ms_p99);
+    let mut bad = config(server.addr, 1);
+    bad.speed = 0.0;
+    assert!(run(bad).await.unwrap_err().to_string().contains("--speed"));
 }
 
 #[tokio::test]

@@ -101,10 +101,13 @@ fn shared_traces() -> Option<PathBuf> {
 }
 
 /// Sabre's own figures for `bbb.json` (shared/traces/README.md): (set, abr, kbps, rebuffer ratio).
-const SABRE: [(&str, AbrKind, f64, f64); 4] = [
+const SABRE: [(&str, AbrKind, f64, f64); 7] = [
     ("sabre-3g", AbrKind::Bola, 1107.9, 0.0843),
+    ("sabre-3g", AbrKind::Bolae, 1111.3, 0.0871),
+    ("sabre-3g", AbrKind::Dynamic, 1095.6, 0.0845),
     ("sabre-3g", AbrKind::Throughput, 812.4, 0.0779),
     ("sabre-4g", AbrKind::Bola, 5882.7, 0.00028),
+    ("sabre-4g", AbrKind::Dynamic, 5905.2, 0.00072),
     ("sabre-4g", AbrKind::Throughput, 5899.7, 0.00075),
 ];
 
@@ -122,6 +125,48 @@ fn reproduces_sabre_reference_figures() {
         assert!(rel(r.means.avg_bitrate_kbps, kbps) < 0.01, "{set} {abr}: {} vs {kbps}", r.means.avg_bitrate_kbps);
         assert!(rel(r.means.rebuffer_ratio, ratio) < 0.02, "{set} {abr}: {} vs {ratio}", r.means.rebuffer_ratio);
     }
+}
+
+#[test]
+fn ours_beats_the_best_sabre_rules_on_the_3g_set() {
+    let Some(dir) = shared_traces() else {
+        eprintln!("shared/traces not found next to the checkout; skipping");
+        return;
+    };
+    let movie = player_sim::load::load_movie(&dir.join("movies/bbb.json")).unwrap();
+    let traces = player_sim::load::load_traces(&dir.join("sabre-3g")).unwrap();
+    let ours = simulate_all(&traces, &movie, &SimConfig::new(AbrKind::Ours)).means;
+    // More bitrate than every Sabre row; no more rebuffering than BOLA and
+    // BOLA-E, the rows with the most bitrate (throughput stalls less by
+    // fetching 300 kbps less).
+    for (set, abr, kbps, ratio) in SABRE.into_iter().filter(|r| r.0 == "sabre-3g") {
+        assert!(ours.avg_bitrate_kbps > kbps, "{set} {abr}: {} kbps vs {kbps}", ours.avg_bitrate_kbps);
+        if matches!(abr, AbrKind::Bola | AbrKind::Bolae) {
+            assert!(ours.rebuffer_ratio <= ratio, "{set} {abr}: rebuffer {} vs {ratio}", ours.rebuffer_ratio);
+        }
+    }
+}
+
+#[test]
+fn offline_optimum_beats_every_online_rule_on_qoe() {
+    let movie = movie();
+    for (name, trace) in varying() {
+        let best = simulate(&trace, &movie, &SimConfig::new(AbrKind::Optimal)).qoe.qoe;
+        for abr in AbrKind::ALL.into_iter().filter(|k| !k.is_offline()) {
+            let q = simulate(&trace, &movie, &SimConfig::new(abr)).qoe.qoe;
+            assert!(best >= q - 1e-6, "{name}: optimal {best} < {abr} {q}");
+        }
+    }
+}
+
+#[test]
+fn linear_qoe_is_bitrate_minus_stall_and_switch_costs() {
+    let movie = movie();
+    let out = simulate(&constant(100_000.0, 20.0), &movie, &SimConfig::new(AbrKind::Bola));
+    let mbps: Vec<f64> = out.rungs.iter().map(|&r| movie.bitrates_kbps[r] / 1000.0).collect();
+    let switches: f64 = mbps.windows(2).map(|w| (w[1] - w[0]).abs()).sum();
+    let want = mbps.iter().sum::<f64>() - 4.3 * (out.qoe.startup_ms + out.qoe.stall_ms) / 1000.0 - switches;
+    assert!((out.qoe.qoe - want).abs() < 1e-9, "{} vs {want}", out.qoe.qoe);
 }
 
 fn cli(args: &[&str]) -> (bool, String, String) {
@@ -157,9 +202,65 @@ fn cli_prints_the_contract_json() {
         assert!(v[key].is_number(), "{key} missing: {stdout}");
     }
     assert_eq!(v["per_session"][0]["trace"], "trace-0.json");
+    assert!(v["qoe"].is_number(), "{stdout}");
     let (ok, table, _) = cli(&["sim", "--network", traces.to_str().unwrap(), "--movie", &movie, "--abr", "throughput"]);
     assert!(ok);
     assert!(table.contains("mean of 3 (throughput)"), "{table}");
+    let csv = dir.path().join("out.csv");
+    let (ok, _, stderr) = cli(&[
+        "sim",
+        "--network",
+        traces.to_str().unwrap(),
+        "--movie",
+        &movie,
+        "--abr",
+        "robustmpc",
+        "--sabre-compat",
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("trace,abr,avg_bitrate_kbps,rebuffer_ratio"), "{text}");
+    assert!(lines[1].starts_with("\"trace-0.json\",robustmpc,"), "{text}");
+    let (ok, _, stderr) =
+        cli(&["sim", "--network", traces.to_str().unwrap(), "--movie", &movie, "--sabre-compat", "--no-abandon"]);
+    assert!(!ok);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+#[test]
+fn cli_compare_writes_cdf_plots_and_a_row_per_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let movie = write(dir.path(), "movie.json", &serde_json::to_string(&movie()).unwrap());
+    let traces = dir.path().join("traces");
+    std::fs::create_dir(&traces).unwrap();
+    for (name, t) in varying().iter().take(3) {
+        write(&traces, &format!("{name}.json"), &serde_json::to_string(t).unwrap());
+    }
+    let svg = dir.path().join("plots");
+    let (ok, table, stderr) = cli(&[
+        "compare",
+        "--network",
+        traces.to_str().unwrap(),
+        "--movie",
+        &movie,
+        "--abr",
+        "bola",
+        "--abr",
+        "ours",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(table.lines().nth(2).unwrap().starts_with("ours"), "{table}");
+    for f in ["cdf-bitrate.svg", "cdf-rebuffer.svg", "cdf-qoe.svg"] {
+        let text = std::fs::read_to_string(svg.join(f)).unwrap();
+        assert!(text.starts_with("<svg") && text.contains(">bola<") && text.contains(">ours<"), "{f}");
+    }
 }
 
 #[test]

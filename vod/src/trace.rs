@@ -7,6 +7,18 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::catalog::{Catalog, MediaKind};
+
+/// Request latency given to periods of formats that carry none (mahimahi,
+/// Pensieve logs): Pensieve's simulator uses an 80 ms round trip.
+pub const DEFAULT_LATENCY_MS: f64 = 80.0;
+
+/// Bin width of mahimahi traces turned into periods.
+pub const MAHIMAHI_BIN_MS: u64 = 1000;
+
+/// Bits of one mahimahi delivery opportunity (one 1500-byte packet).
+const MAHIMAHI_PACKET_BITS: f64 = 1500.0 * 8.0;
+
 /// Why a trace or movie description was refused.
 #[derive(Debug, Error, PartialEq)]
 pub enum TraceError {
@@ -34,6 +46,10 @@ pub enum TraceError {
     SizeCount { index: usize, got: usize, want: usize },
     #[error("movie: segment {index} rung {rung} has size 0")]
     ZeroSize { index: usize, rung: usize },
+    #[error("line {line}, field {field}: {message}")]
+    Line { line: usize, field: &'static str, message: String },
+    #[error("catalog: {0}")]
+    Catalog(String),
 }
 
 /// One stretch of a network trace with constant bandwidth and latency.
@@ -78,6 +94,96 @@ impl NetworkTrace {
     /// Parse and validate the JSON list-of-periods format.
     pub fn from_json(text: &str) -> Result<Self, TraceError> {
         let periods: Vec<NetworkPeriod> = serde_json::from_str(text).map_err(|e| TraceError::Json(e.to_string()))?;
+        Self::new(periods)
+    }
+
+    /// Parse a mahimahi packet-delivery trace: one line per 1500-byte delivery
+    /// opportunity, its time in ms (non-decreasing; the trace loops after the
+    /// last). Deliveries are counted in bins of `MAHIMAHI_BIN_MS`, each a period.
+    pub fn from_mahimahi(text: &str) -> Result<Self, TraceError> {
+        let mut times = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |message: String| TraceError::Line { line: i + 1, field: "timestamp_ms", message };
+            let t: u64 = line.parse().map_err(|_| bad(format!("expected a whole number of ms, got {line:?}")))?;
+            if times.last().is_some_and(|&prev| t < prev) {
+                return Err(bad(format!("{t} is earlier than the line before")));
+            }
+            times.push(t);
+        }
+        let Some(&last) = times.last() else { return Err(TraceError::EmptyTrace) };
+        let bins = (last / MAHIMAHI_BIN_MS + 1) as usize;
+        let mut counts = vec![0u64; bins];
+        for t in times {
+            counts[(t / MAHIMAHI_BIN_MS) as usize] += 1;
+        }
+        let periods = counts
+            .into_iter()
+            .map(|n| NetworkPeriod {
+                duration_ms: MAHIMAHI_BIN_MS,
+                bandwidth_kbps: n as f64 * MAHIMAHI_PACKET_BITS / MAHIMAHI_BIN_MS as f64,
+                latency_ms: DEFAULT_LATENCY_MS,
+            })
+            .collect();
+        Self::new(periods)
+    }
+
+    /// Parse a Pensieve-style log: per line `seconds Mbit/s` (whitespace
+    /// separated, times ascending); each rate holds until the next line's time,
+    /// the last one for the median gap.
+    pub fn from_pensieve(text: &str) -> Result<Self, TraceError> {
+        let mut rows: Vec<(f64, f64)> = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut fields = line.split_whitespace();
+            let mut field = |name: &'static str| -> Result<f64, TraceError> {
+                let bad = |message: String| TraceError::Line { line: i + 1, field: name, message };
+                let f = fields.next().ok_or_else(|| bad("missing".into()))?;
+                let v: f64 = f.parse().map_err(|_| bad(format!("not a number: {f:?}")))?;
+                if !v.is_finite() || v < 0.0 {
+                    return Err(bad(format!("must be a finite number >= 0, got {v}")));
+                }
+                Ok(v)
+            };
+            let t = field("seconds")?;
+            let mbps = field("mbit_per_s")?;
+            if let Some(extra) = fields.next() {
+                return Err(TraceError::Line { line: i + 1, field: "end", message: format!("unexpected {extra:?}") });
+            }
+            if rows.last().is_some_and(|&(prev, _)| t <= prev) {
+                return Err(TraceError::Line {
+                    line: i + 1,
+                    field: "seconds",
+                    message: format!("{t} does not come after the line before"),
+                });
+            }
+            rows.push((t, mbps));
+        }
+        if rows.is_empty() {
+            return Err(TraceError::EmptyTrace);
+        }
+        let mut gaps: Vec<f64> = rows.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        gaps.sort_by(f64::total_cmp);
+        let last_gap = gaps.get(gaps.len() / 2).copied().unwrap_or(1.0);
+        let mut periods = Vec::with_capacity(rows.len());
+        for (k, &(t, mbps)) in rows.iter().enumerate() {
+            let end = rows.get(k + 1).map_or(t + last_gap, |r| r.0);
+            // Sub-millisecond steps are merged into the next period.
+            let duration_ms = ((end * 1000.0).round() - (t * 1000.0).round()) as u64;
+            if duration_ms > 0 {
+                periods.push(NetworkPeriod {
+                    duration_ms,
+                    bandwidth_kbps: mbps * 1000.0,
+                    latency_ms: DEFAULT_LATENCY_MS,
+                });
+            }
+        }
         Self::new(periods)
     }
 
@@ -155,6 +261,31 @@ impl Movie {
             }
         }
         Ok(())
+    }
+
+    /// The video renditions of one of our titles: the ladder from their advertised
+    /// bandwidths, every segment's real size. Segments are taken as the nominal
+    /// duration long (the encoder cuts them at that cadence).
+    pub fn from_catalog(catalog: &Catalog) -> Result<Self, TraceError> {
+        let mut video: Vec<_> = catalog.renditions.iter().filter(|r| r.kind == MediaKind::Video).collect();
+        video.sort_by_key(|r| r.bandwidth_bps);
+        let Some(first) = video.first() else { return Err(TraceError::Catalog("no video renditions".into())) };
+        let count = first.segments.len();
+        if let Some(r) = video.iter().find(|r| r.segments.len() != count) {
+            return Err(TraceError::Catalog(format!(
+                "rendition {} has {} segments, {} has {count}",
+                r.id,
+                r.segments.len(),
+                first.id
+            )));
+        }
+        let movie = Movie {
+            segment_duration_ms: catalog.segment_duration_ms,
+            bitrates_kbps: video.iter().map(|r| r.bandwidth_bps as f64 / 1000.0).collect(),
+            segment_sizes_bits: (0..count).map(|i| video.iter().map(|r| r.segments[i].bytes * 8).collect()).collect(),
+        };
+        movie.validate()?;
+        Ok(movie)
     }
 
     /// Number of segments.
@@ -266,5 +397,71 @@ mod tests {
         let msg = TraceError::UnsortedBitrates { index: 1, prev: 400.0, next: 200.0 }.to_string();
         assert!(msg.contains("ascending"), "{msg}");
         assert!(TraceError::ZeroDuration { index: 3 }.to_string().contains("period 3"));
+    }
+
+    #[test]
+    fn parses_mahimahi_delivery_logs_into_one_second_periods() {
+        // 3 packets in the first second, 1 in the second, none in the third, 2 in the fourth.
+        let t = NetworkTrace::from_mahimahi("0\n10\n999\n1500\n\n3000\n3001\n").unwrap();
+        let bw: Vec<f64> = t.periods().iter().map(|p| p.bandwidth_kbps).collect();
+        assert_eq!(bw, vec![36.0, 12.0, 0.0, 24.0]);
+        assert!(t.periods().iter().all(|p| p.duration_ms == 1000 && p.latency_ms == DEFAULT_LATENCY_MS));
+    }
+
+    #[test]
+    fn mahimahi_errors_name_the_line() {
+        let e = NetworkTrace::from_mahimahi("5\n7\nx7\n").unwrap_err();
+        assert_eq!(e.to_string(), "line 3, field timestamp_ms: expected a whole number of ms, got \"x7\"");
+        let e = NetworkTrace::from_mahimahi("5\n7\n6\n").unwrap_err();
+        assert!(matches!(e, TraceError::Line { line: 3, .. }), "{e}");
+        assert_eq!(NetworkTrace::from_mahimahi("\n"), Err(TraceError::EmptyTrace));
+    }
+
+    #[test]
+    fn parses_pensieve_logs() {
+        let t = NetworkTrace::from_pensieve("0.0 1.5\n1.0\t0.5\n2.5 2\n").unwrap();
+        let p = t.periods();
+        assert_eq!(p.len(), 3);
+        assert_eq!((p[0].duration_ms, p[0].bandwidth_kbps), (1000, 1500.0));
+        assert_eq!((p[1].duration_ms, p[1].bandwidth_kbps), (1500, 500.0));
+        // The last rate lasts the median gap (1.0 and 1.5 → 1.5).
+        assert_eq!((p[2].duration_ms, p[2].bandwidth_kbps), (1500, 2000.0));
+    }
+
+    #[test]
+    fn pensieve_errors_name_line_and_field() {
+        let e = NetworkTrace::from_pensieve("0 1\n1 fast\n").unwrap_err();
+        assert_eq!(e.to_string(), "line 2, field mbit_per_s: not a number: \"fast\"");
+        let e = NetworkTrace::from_pensieve("0 1\n1\n").unwrap_err();
+        assert!(matches!(e, TraceError::Line { line: 2, field: "mbit_per_s", .. }), "{e}");
+        let e = NetworkTrace::from_pensieve("0 1\n0 2\n").unwrap_err();
+        assert!(matches!(e, TraceError::Line { line: 2, field: "seconds", .. }), "{e}");
+        let e = NetworkTrace::from_pensieve("0 1 2\n").unwrap_err();
+        assert!(matches!(e, TraceError::Line { line: 1, field: "end", .. }), "{e}");
+        let e = NetworkTrace::from_pensieve("0 -1\n").unwrap_err();
+        assert!(matches!(e, TraceError::Line { line: 1, field: "mbit_per_s", .. }), "{e}");
+    }
+
+    #[test]
+    fn movie_from_a_catalog_uses_video_segment_bytes() {
+        let json = r#"{"title": "t1", "segment_duration_ms": 2000, "duration_ms": 4000, "renditions": [
+            {"id": "v720", "kind": "video", "codecs": "avc1", "bandwidth_bps": 3000000, "average_bandwidth_bps": 2500000,
+             "width": 1280, "height": 720, "frame_rate": 25.0, "sample_rate": null, "channels": null, "timescale": 1000,
+             "init_bytes": 900, "segments": [{"start": 0, "duration": 2000, "bytes": 600000}, {"start": 2000, "duration": 2000, "bytes": 700000}]},
+            {"id": "a128", "kind": "audio", "codecs": "mp4a", "bandwidth_bps": 128000, "average_bandwidth_bps": 128000,
+             "width": null, "height": null, "frame_rate": null, "sample_rate": 48000, "channels": 2, "timescale": 48000,
+             "init_bytes": 700, "segments": [{"start": 0, "duration": 96000, "bytes": 32000}, {"start": 96000, "duration": 96000, "bytes": 32000}]},
+            {"id": "v360", "kind": "video", "codecs": "avc1", "bandwidth_bps": 800000, "average_bandwidth_bps": 700000,
+             "width": 640, "height": 360, "frame_rate": 25.0, "sample_rate": null, "channels": null, "timescale": 1000,
+             "init_bytes": 800, "segments": [{"start": 0, "duration": 2000, "bytes": 150000}, {"start": 2000, "duration": 2000, "bytes": 190000}]}
+        ]}"#;
+        let catalog: Catalog = serde_json::from_str(json).unwrap();
+        let m = Movie::from_catalog(&catalog).unwrap();
+        assert_eq!(m.bitrates_kbps, vec![800.0, 3000.0]);
+        assert_eq!(m.segment_sizes_bits, vec![vec![1_200_000, 4_800_000], vec![1_520_000, 5_600_000]]);
+        assert_eq!(m.segment_duration_ms, 2000);
+        let mut short = catalog.clone();
+        short.renditions[0].segments.pop();
+        assert!(Movie::from_catalog(&short).unwrap_err().to_string().contains("segments"));
     }
 }

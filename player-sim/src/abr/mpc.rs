@@ -1,0 +1,271 @@
+//! RobustMPC (Yin, Jindal, Sekar, Sinopoli, "A Control-Theoretic Approach for
+//! Dynamic Adaptive Video Streaming over HTTP", SIGCOMM 2015) as Pensieve's
+//! `mpc.py` implements it:
+//!
+//! * throughput prediction: harmonic mean of the last 5 downloads' throughput
+//!   (size over total time, latency included), divided by 1 + the largest
+//!   relative prediction error of the last 5 predictions;
+//! * lookahead: every rung sequence over the next 5 segments (fewer near the
+//!   end) is played out against that throughput from the current buffer
+//!   (download time drains it, each segment adds its duration; no cap);
+//! * objective: the linear QoE, Σ bitrate (Mbit/s) − 4.3 · rebuffer (s) −
+//!   Σ |Δ bitrate| (Mbit/s) with the first Δ against the last rung fetched;
+//!   the first rung of the best sequence is fetched (ties: the later sequence
+//!   in lexicographic order, as `mpc.py`'s `>=`).
+//!
+//! The search is exact but not exhaustive: depth-first from the highest rung
+//! down, seeded with the best constant sequence, a branch cut when an upper
+//! bound on the rest (a Lagrangian relaxation of the buffer dynamics, see
+//! `Search::cannot_reach`) cannot beat the best sequence found. The first segment (no
+//! sample yet) is the lowest rung.
+
+use std::collections::VecDeque;
+
+use super::{Abr, AbrContext, Decision, DownloadReport, QOE_REBUFFER_PENALTY};
+
+pub(crate) const HORIZON: usize = 5;
+const HISTORY: usize = 5;
+/// Rungs the lookahead considers (ladders are cut to their lowest 16).
+pub(crate) const MAX_RUNGS: usize = 16;
+/// Prices of download time (per second) for the search's bound, all ≤ the rebuffer penalty.
+const LAMBDAS: [f64; 8] = [QOE_REBUFFER_PENALTY, 1.0, 2.0, 0.7, 0.5, 0.3, 0.15, 0.0];
+
+/// RobustMPC.
+#[derive(Debug, Clone, Default)]
+pub struct RobustMpc {
+    /// Recent throughput samples, kbit/s.
+    samples: VecDeque<f64>,
+    /// Recent relative prediction errors.
+    errors: VecDeque<f64>,
+    /// The harmonic-mean prediction made at the previous decision.
+    last_prediction: Option<f64>,
+    last_rung: usize,
+}
+
+/// One lookahead problem: sizes over the horizon, bitrates, throughput.
+struct Search<'a> {
+    /// `download_ms[position][rung]` at the predicted throughput.
+    download_ms: &'a [[f64; MAX_RUNGS]],
+    mbps: &'a [f64],
+    segment_ms: f64,
+    /// Rebuffer penalty per second (4.3 for RobustMPC).
+    penalty: f64,
+    /// The buffer never exceeds this when a download starts (the player waits); infinite for `mpc.py`.
+    cap_ms: f64,
+    /// `suffix[l][j][q]`: best Σ over positions `j..` of (Mbit/s − LAMBDAS[l] · download s − switch cost)
+    /// coming from rung `q` (exact for that priced problem, which has no buffer to track).
+    suffix: &'a [[[f64; MAX_RUNGS]; HORIZON + 1]; LAMBDAS.len()],
+    best: f64,
+    best_first: usize,
+    /// penalty / 4.3: the prices scale with the penalty.
+    lambda_scale: f64,
+    /// Index of the price that last cut a branch.
+    hint: usize,
+}
+
+impl Search<'_> {
+    /// True when an upper bound on the reward of positions `pos..` (from
+    /// `buffer_ms`, after rung `last`) is at most `need`, so the branch cannot
+    /// win. After the last position the buffer holds at least one segment, so
+    /// the total rebuffer is at least Σ download − (buffer + (k − pos − 1) ·
+    /// segment) (waiting for room only adds to it); charging download time at
+    /// any price λ ≤ the penalty instead of the rebuffer leaves a problem with
+    /// no buffer, solved exactly per (position, previous rung) in `suffix`.
+    fn cannot_reach(&mut self, pos: usize, buffer_ms: f64, last: usize, need: f64) -> bool {
+        let k = self.download_ms.len();
+        if pos >= k {
+            return 0.0 <= need;
+        }
+        let slack_s = (buffer_ms + (k - pos - 1) as f64 * self.segment_ms) / 1000.0 * self.lambda_scale;
+        // Try first the price that cut last time: neighbouring branches tend to fall to the same one.
+        let h = self.hint;
+        if self.suffix[h][pos][last] + LAMBDAS[h] * slack_s <= need {
+            return true;
+        }
+        for (l, lambda) in LAMBDAS.iter().enumerate() {
+            if l != h && self.suffix[l][pos][last] + lambda * slack_s <= need {
+                self.hint = l;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Reward of playing `rung` at every position (a cheap first incumbent).
+    fn constant(&self, start_buffer_ms: f64, last: usize, rung: usize) -> f64 {
+        let mut buffer = start_buffer_ms;
+        let mut reward = 0.0;
+        let mut prev = last;
+        for row in self.download_ms {
+            let dl = row[rung];
+            buffer = buffer.min(self.cap_ms);
+            reward += self.mbps[rung]
+                - self.penalty * (dl - buffer).max(0.0) / 1000.0
+                - (self.mbps[rung] - self.mbps[prev]).abs();
+            buffer = (buffer - dl).max(0.0) + self.segment_ms;
+            prev = rung;
+        }
+        reward
+    }
+
+    fn dfs(&mut self, pos: usize, buffer_ms: f64, last: usize, reward: f64, first: usize) {
+        if pos == self.download_ms.len() {
+            if reward > self.best {
+                self.best = reward;
+                self.best_first = first;
+            }
+            return;
+        }
+        let buffer_ms = buffer_ms.min(self.cap_ms);
+        for q in (0..self.mbps.len()).rev() {
+            let dl = self.download_ms[pos][q];
+            let rebuffer = (dl - buffer_ms).max(0.0);
+            let gain = self.mbps[q] - self.penalty * rebuffer / 1000.0 - (self.mbps[q] - self.mbps[last]).abs();
+            let r = reward + gain;
+            if pos + 1 == self.download_ms.len() {
+                // Last position: a leaf, no need to recurse.
+                if r > self.best {
+                    self.best = r;
+                    self.best_first = if pos == 0 { q } else { first };
+                }
+                continue;
+            }
+            let next_buffer = (buffer_ms - dl).max(0.0) + self.segment_ms;
+            if self.cannot_reach(pos + 1, next_buffer, q, self.best - r) {
+                continue;
+            }
+            self.dfs(pos + 1, next_buffer, q, r, if pos == 0 { q } else { first });
+        }
+    }
+}
+
+impl RobustMpc {
+    /// A rule with no history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The robust throughput prediction, recording the plain one for the next error.
+    fn predict(&mut self) -> Option<f64> {
+        if self.samples.is_empty() {
+            return None;
+        }
+        if let (Some(pred), Some(&actual)) = (self.last_prediction, self.samples.back()) {
+            push_bounded(&mut self.errors, (pred - actual).abs() / actual);
+        } else {
+            push_bounded(&mut self.errors, 0.0);
+        }
+        let inv: f64 = self.samples.iter().map(|s| 1.0 / s).sum();
+        let harmonic = self.samples.len() as f64 / inv;
+        self.last_prediction = Some(harmonic);
+        let max_error = self.errors.iter().copied().fold(0.0, f64::max);
+        Some(harmonic / (1.0 + max_error))
+    }
+}
+
+fn push_bounded(q: &mut VecDeque<f64>, v: f64) {
+    if q.len() == HISTORY {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+impl Abr for RobustMpc {
+    fn name(&self) -> &'static str {
+        "robustmpc"
+    }
+
+    fn choose(&mut self, ctx: &AbrContext<'_>) -> Decision {
+        let Some(throughput) = self.predict() else { return Decision { rung: 0, delay_ms: 0.0 } };
+        let n = ctx.bitrates_kbps.len().min(MAX_RUNGS);
+        let horizon = HORIZON.min(ctx.segment_count.saturating_sub(ctx.segment_index)).max(1);
+        let mut sizes = [[0.0; MAX_RUNGS]; HORIZON];
+        for (j, row) in sizes.iter_mut().enumerate().take(horizon) {
+            for (q, s) in row.iter_mut().enumerate().take(n) {
+                *s = ctx.size_bits((ctx.segment_index + j).min(ctx.segment_count.saturating_sub(1)), q) / throughput;
+            }
+        }
+        let mut mbps = [0.0; MAX_RUNGS];
+        for (m, b) in mbps.iter_mut().zip(ctx.bitrates_kbps) {
+            *m = b / 1000.0;
+        }
+        let last = self.last_rung.min(n - 1);
+        let rung = best_first_rung(
+            &sizes[..horizon],
+            &mbps[..n],
+            ctx.segment_duration_ms,
+            ctx.buffer_level_ms,
+            last,
+            QOE_REBUFFER_PENALTY,
+            f64::INFINITY,
+        );
+        Decision { rung, delay_ms: 0.0 }
+    }
+
+    fn report_download(&mut self, r: &DownloadReport) {
+        if r.abandoned_to.is_none() && r.time_ms > 0.0 && r.downloaded_bits > 0.0 {
+            push_bounded(&mut self.samples, r.downloaded_bits / r.time_ms);
+            self.last_rung = r.rung;
+        }
+    }
+}
+
+/// The first rung of the best sequence over `download_ms.len()` positions
+/// (`download_ms[position][rung]`, latency included if the caller wants it) for
+/// the linear QoE with rebuffer penalty `penalty` per second, from `last`.
+pub(crate) fn best_first_rung(
+    download_ms: &[[f64; MAX_RUNGS]],
+    mbps: &[f64],
+    segment_ms: f64,
+    start_buffer_ms: f64,
+    last: usize,
+    penalty: f64,
+    cap_ms: f64,
+) -> usize {
+    let n = mbps.len();
+    let scale = penalty / QOE_REBUFFER_PENALTY;
+    let mut suffix = [[[0.0; MAX_RUNGS]; HORIZON + 1]; LAMBDAS.len()];
+    for (l, lambda) in LAMBDAS.iter().enumerate() {
+        for j in (0..download_ms.len()).rev() {
+            // suffix[j][from] = max over q of value[q] − |m_q − m_from|; the ladder
+            // ascends, so split at `from` and keep running maxima (O(n), not O(n²)).
+            let mut value = [0.0; MAX_RUNGS];
+            for q in 0..n {
+                value[q] = mbps[q] - scale * lambda * download_ms[j][q] / 1000.0 + suffix[l][j + 1][q];
+            }
+            let mut up = [f64::NEG_INFINITY; MAX_RUNGS + 1];
+            for q in (0..n).rev() {
+                up[q] = up[q + 1].max(value[q] - mbps[q]);
+            }
+            let mut down = f64::NEG_INFINITY;
+            for from in 0..n {
+                down = down.max(value[from] + mbps[from]);
+                suffix[l][j][from] = (up[from] + mbps[from]).max(down - mbps[from]);
+            }
+        }
+    }
+    let mut search = Search {
+        download_ms,
+        mbps,
+        penalty,
+        cap_ms,
+        segment_ms,
+        suffix: &suffix,
+        best: f64::NEG_INFINITY,
+        best_first: 0,
+        lambda_scale: scale,
+        hint: 0,
+    };
+    // Seed with the best constant sequence so the bound cuts from the start.
+    for q in 0..n {
+        let r = search.constant(start_buffer_ms, last, q);
+        if r > search.best {
+            search.best = r;
+            search.best_first = q;
+        }
+    }
+    // The seed must not win ties against sequences the search finds: step just below it.
+    search.best -= 1e-9;
+    search.dfs(0, start_buffer_ms, last, 0.0, 0);
+    search.best_first
+}
