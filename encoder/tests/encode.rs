@@ -68,73 +68,23 @@ fn ffmpeg(args: &[&str]) {
 fn unclean_sources_play_the_right_way_up_and_shape() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).display().to_string();
-    let lavfi = |size: &str| format!("testsrc2=size={size}:rate=25");
+    // One second of testsrc2 at `size`, x264 ultrafast, with `extra` options.
+    let testsrc = |size: &str, extra: &[&str], out: &str| {
+        let input = format!("testsrc2=size={size}:rate=25");
+        let mut args = vec!["-f", "lavfi", "-i", &input, "-t", "1", "-c:v", "libx264", "-preset", "ultrafast"];
+        args.extend_from_slice(extra);
+        let out = p(out);
+        args.push(&out);
+        ffmpeg(&args);
+    };
     // Anamorphic PAL: 720x576 stored, 768x576 shown.
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        &lavfi("720x576"),
-        "-t",
-        "1",
-        "-vf",
-        "setsar=16/15",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        &p("sar.mp4"),
-    ]);
+    testsrc("720x576", &["-vf", "setsar=16/15"], "sar.mp4");
     // A phone video: stored landscape, shown portrait by its display matrix.
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        &lavfi("640x360"),
-        "-t",
-        "1",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        &p("land.mp4"),
-    ]);
+    testsrc("640x360", &["-pix_fmt", "yuv420p"], "land.mp4");
     ffmpeg(&["-i", &p("land.mp4"), "-c", "copy", "-metadata:s:v:0", "rotate=90", &p("rot.mp4")]);
     // 10-bit, odd dimensions, interlaced.
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        &lavfi("641x361"),
-        "-t",
-        "1",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p10le",
-        &p("ten.mp4"),
-    ]);
-    ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        &lavfi("640x360"),
-        "-t",
-        "1",
-        "-vf",
-        "interlace",
-        "-c:v",
-        "libx264",
-        "-flags",
-        "+ildct+ilme",
-        "-preset",
-        "ultrafast",
-        &p("inter.mp4"),
-    ]);
+    testsrc("641x361", &["-pix_fmt", "yuv420p10le"], "ten.mp4");
+    testsrc("640x360", &["-vf", "interlace", "-flags", "+ildct+ilme"], "inter.mp4");
 
     let store = LocalStore::new(dir.path().join("store"));
     let encode = |file: &str, title: &str| {
