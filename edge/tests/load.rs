@@ -18,15 +18,7 @@ async fn five_hundred_cold_requests_make_one_upstream_fetch() {
     let proxy = GatedProxy::start(&origin.url()).await;
     let edge = start_edge(edge_config(&proxy.url())).await;
     let c = client();
-    let tasks: Vec<_> = (0..500)
-        .map(|_| {
-            let (c, url) = (c.clone(), format!("{}/{SEG}", edge.url()));
-            tokio::spawn(async move {
-                let r = c.get(url).send().await.unwrap();
-                (r.status().as_u16(), r.bytes().await.unwrap())
-            })
-        })
-        .collect();
+    let tasks = cold_burst(&c, edge.addr, SEG, 500);
     let all_waiting = eventually(|| async { metric(edge.addr, "edge_coalesced_requests_total").await >= 499.0 }).await;
     proxy.open();
     assert!(all_waiting, "499 requests never joined the fetch in flight");

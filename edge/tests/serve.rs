@@ -59,15 +59,7 @@ async fn concurrent_cold_requests_share_one_upstream_fetch() {
     let proxy = GatedProxy::start(&origin.url()).await;
     let edge = start_edge(edge_config(&proxy.url())).await;
     let c = client();
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let (c, url) = (c.clone(), format!("{}/{SEG}", edge.url()));
-            tokio::spawn(async move {
-                let r = c.get(url).send().await.unwrap();
-                (r.status().as_u16(), r.bytes().await.unwrap())
-            })
-        })
-        .collect();
+    let tasks = cold_burst(&c, edge.addr, SEG, 20);
     // Hold the one upstream fetch until the other 19 requests are waiting on it.
     let all_waiting = eventually(|| async { metric(edge.addr, "edge_coalesced_requests_total").await >= 19.0 }).await;
     proxy.open();

@@ -248,3 +248,21 @@ pub async fn truncating_upstream(declared: usize, sent: usize) -> (SocketAddr, A
     });
     (addr, conns, AbortOnDrop(task))
 }
+
+/// Starts `n` concurrent GETs of `key` on `edge`; each task yields (status, body).
+pub fn cold_burst(
+    c: &reqwest::Client,
+    edge: SocketAddr,
+    key: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(u16, bytes::Bytes)>> {
+    (0..n)
+        .map(|_| {
+            let (c, url) = (c.clone(), format!("http://{edge}/{key}"));
+            tokio::spawn(async move {
+                let r = c.get(url).send().await.unwrap();
+                (r.status().as_u16(), r.bytes().await.unwrap())
+            })
+        })
+        .collect()
+}
