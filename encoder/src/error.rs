@@ -33,6 +33,12 @@ pub enum EncodeError {
     Store(#[from] origin::StoreError),
     #[error("an encoding thread failed: {0}")]
     Worker(String),
+    #[error("ladder {origin}: {reason}")]
+    BadLadder { origin: String, reason: String },
+    #[error("job spec: {0}")]
+    BadSpec(String),
+    #[error("task {task}: {reason}")]
+    Task { task: String, reason: String },
 }
 
 /// Wraps an ffmpeg error with the stage it happened in.

@@ -192,6 +192,16 @@ fn track_info(data: &[u8], moov: &Range<usize>) -> Result<TrackInfo, Mp4Error> {
             }
             format!("{}.{:02x}{:02x}{:02x}", String::from_utf8_lossy(&entry.kind), c[1], c[2], c[3])
         }
+        b"hvc1" | b"hev1" => {
+            let hvcc = child(data, &(entry.payload.start + 78..entry.payload.end), b"hvcC")?
+                .ok_or(Mp4Error("hvc1 without hvcC".into()))?;
+            hevc_codecs(&String::from_utf8_lossy(&entry.kind), &data[hvcc.payload.clone()])?
+        }
+        b"av01" => {
+            let av1c = child(data, &(entry.payload.start + 78..entry.payload.end), b"av1C")?
+                .ok_or(Mp4Error("av01 without av1C".into()))?;
+            av1_codecs(&data[av1c.payload.clone()])?
+        }
         // We encode AAC-LC only.
         b"mp4a" => "mp4a.40.2".to_owned(),
         other => String::from_utf8_lossy(other).into_owned(),
@@ -207,6 +217,115 @@ fn track_info(data: &[u8], moov: &Range<usize>) -> Result<TrackInfo, Mp4Error> {
         default_sample_flags = r.u32()?;
     }
     Ok(TrackInfo { timescale, codecs, default_sample_duration, default_sample_flags })
+}
+
+/// RFC 6381 / ISO 14496-15 annex E codecs string from an `hvcC` payload,
+/// e.g. `hvc1.1.6.L93.B0`.
+pub fn hevc_codecs(fourcc: &str, c: &[u8]) -> Result<String, Mp4Error> {
+    if c.len() < 13 {
+        return err("short hvcC");
+    }
+    let space = ["", "A", "B", "C"][usize::from(c[1] >> 6)];
+    let tier = if c[1] & 0x20 != 0 { 'H' } else { 'L' };
+    let profile = c[1] & 0x1f;
+    let compat = u32::from_be_bytes([c[2], c[3], c[4], c[5]]).reverse_bits();
+    let mut out = format!("{fourcc}.{space}{profile}.{compat:X}.{tier}{}", c[12]);
+    let constraints = &c[6..12];
+    let used = constraints.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    for b in &constraints[..used] {
+        out.push_str(&format!(".{b:X}"));
+    }
+    Ok(out)
+}
+
+/// The AV1 codecs string (`av01.P.LLT.DD`) from an `av1C` payload, e.g. `av01.0.08M.08`.
+pub fn av1_codecs(c: &[u8]) -> Result<String, Mp4Error> {
+    if c.len() < 4 {
+        return err("short av1C");
+    }
+    let profile = c[1] >> 5;
+    let level = c[1] & 0x1f;
+    let tier = if c[2] & 0x80 != 0 { 'H' } else { 'M' };
+    let depth = match (c[2] & 0x40 != 0, c[2] & 0x20 != 0) {
+        (true, true) => 12,
+        (true, false) => 10,
+        _ => 8,
+    };
+    Ok(format!("av01.{profile}.{level:02}{tier}.{depth:02}"))
+}
+
+/// Rewrites the `tfdt` decode time of one fragment (`[styp] moof mdat`) in place.
+pub fn set_decode_time(fragment: &mut [u8], decode_time: u64) -> Result<(), Mp4Error> {
+    let top = boxes(fragment, 0..fragment.len())?;
+    let moof = top.iter().find(|b| &b.kind == b"moof").ok_or(Mp4Error("fragment without moof".into()))?;
+    let tfdt = path(fragment, moof.payload.clone(), &[b"traf", b"tfdt"])?.ok_or(Mp4Error("no tfdt".into()))?;
+    let p = tfdt.payload.start;
+    if tfdt.payload.len() >= 12 && fragment[p] == 1 {
+        fragment[p + 4..p + 12].copy_from_slice(&decode_time.to_be_bytes());
+    } else if tfdt.payload.len() >= 8 {
+        let t = u32::try_from(decode_time).map_err(|_| Mp4Error("decode time overflows a version 0 tfdt".into()))?;
+        fragment[p + 4..p + 8].copy_from_slice(&t.to_be_bytes());
+    } else {
+        return err("short tfdt");
+    }
+    Ok(())
+}
+
+/// The composition offset of a fragment's first sample (0 when the trun carries none).
+pub fn first_composition_offset(fragment: &[u8]) -> Result<i64, Mp4Error> {
+    let mut first = None;
+    visit_composition_offsets(&mut fragment.to_vec(), &mut |cts| {
+        first.get_or_insert(cts);
+        cts
+    })?;
+    Ok(first.unwrap_or(0))
+}
+
+/// Subtracts `by` from every composition offset of a fragment, in place, making
+/// the `trun` version 1 (signed offsets). Encoders with B-frames start decoding
+/// before presenting; this puts the first frame's presentation at its decode
+/// time instead of `by` later, with no edit list (which CMAF players ignore).
+pub fn shift_composition_offsets(fragment: &mut [u8], by: i64) -> Result<(), Mp4Error> {
+    if by == 0 {
+        return Ok(());
+    }
+    visit_composition_offsets(fragment, &mut |cts| cts - by)
+}
+
+/// Calls `f` on every sample's composition offset and stores what it returns.
+fn visit_composition_offsets(fragment: &mut [u8], f: &mut dyn FnMut(i64) -> i64) -> Result<(), Mp4Error> {
+    let top = boxes(fragment, 0..fragment.len())?;
+    let moof = top.iter().find(|b| &b.kind == b"moof").ok_or(Mp4Error("fragment without moof".into()))?;
+    for traf in boxes(fragment, moof.payload.clone())?.into_iter().filter(|b| &b.kind == b"traf") {
+        for trun in boxes(fragment, traf.payload.clone())?.into_iter().filter(|b| &b.kind == b"trun") {
+            let (version, flags, count) = {
+                let mut r = Reader::new(fragment, &trun.payload);
+                let (v, fl) = r.version_flags()?;
+                (v, fl, r.u32()?)
+            };
+            if flags & 0x800 == 0 {
+                continue;
+            }
+            let mut pos = trun.payload.start + 8;
+            pos += 4 * usize::from(flags & 0x001 != 0) + 4 * usize::from(flags & 0x004 != 0);
+            let per = 4 * [0x100, 0x200, 0x400].iter().filter(|&&b| flags & b != 0).count();
+            for _ in 0..count {
+                let at = pos + per;
+                if at + 4 > trun.payload.end {
+                    return err("trun samples past the end of the box");
+                }
+                let raw: [u8; 4] = fragment[at..at + 4].try_into().unwrap_or_default();
+                let cts =
+                    if version == 0 { i64::from(u32::from_be_bytes(raw)) } else { i64::from(i32::from_be_bytes(raw)) };
+                let new = i32::try_from(f(cts)).map_err(|_| Mp4Error("composition offset out of range".into()))?;
+                fragment[at..at + 4].copy_from_slice(&new.to_be_bytes());
+                pos = at + 4;
+            }
+            // Version 1: offsets are signed.
+            fragment[trun.payload.start] = 1;
+        }
+    }
+    Ok(())
 }
 
 /// Bit 16 of sample flags: sample_is_non_sync_sample.
@@ -344,6 +463,49 @@ mod tests {
         assert!(!s.fragments[1].starts_with_sync);
         assert_eq!(s.fragments[0].bytes.end, s.fragments[1].bytes.start);
         assert_eq!(&f[s.init.end..s.init.end + 8][4..], b"moof");
+    }
+
+    #[test]
+    fn decode_times_are_rewritten_in_place() {
+        let f = sample_file();
+        let s = split(&f).unwrap();
+        let mut frag = f[s.fragments[1].bytes.clone()].to_vec();
+        set_decode_time(&mut frag, 7777).unwrap();
+        let mut whole = f[..s.init.end].to_vec();
+        whole.extend_from_slice(&frag);
+        assert_eq!(split(&whole).unwrap().fragments[0].decode_time, 7777);
+        assert!(set_decode_time(&mut frag, u64::MAX).is_err(), "version 0 tfdt holds 32 bits");
+    }
+
+    #[test]
+    fn composition_offsets_shift_to_signed() {
+        let f = sample_file();
+        let s = split(&f).unwrap();
+        // Rebuild the second fragment with per-sample composition offsets 2, 5, 1.
+        let tfhd = full(b"tfhd", 0, 0x020000, &be(&[1]));
+        let tfdt = full(b"tfdt", 0, 0, &be(&[0]));
+        let trun = full(b"trun", 0, 0x800, &be(&[3, 1024, 2560, 512]));
+        let mut frag = bx(b"moof", &bx(b"traf", &[tfhd, tfdt, trun].concat()));
+        frag.extend(bx(b"mdat", &[1, 2, 3]));
+        assert_eq!(first_composition_offset(&frag).unwrap(), 1024);
+        shift_composition_offsets(&mut frag, 1024).unwrap();
+        assert_eq!(first_composition_offset(&frag).unwrap(), 0);
+        let mut again = frag.clone();
+        shift_composition_offsets(&mut again, 0).unwrap();
+        assert_eq!(again, frag);
+        let tail: Vec<u8> = frag[frag.len() - 11 - 12..frag.len() - 11].to_vec();
+        assert_eq!(tail, [0i32, 1536, -512].iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>());
+        assert!(s.fragments.len() == 2);
+    }
+
+    #[test]
+    fn hevc_and_av1_codec_strings() {
+        // Main profile, compatibility flags 0x60000000, level 3.1, progressive+frame-only constraints.
+        let hvcc = [1, 0x01, 0x60, 0, 0, 0, 0xb0, 0, 0, 0, 0, 0, 93];
+        assert_eq!(hevc_codecs("hvc1", &hvcc).unwrap(), "hvc1.1.6.L93.B0");
+        assert_eq!(av1_codecs(&[0x81, 0x08, 0x0c, 0]).unwrap(), "av01.0.08M.08");
+        assert_eq!(av1_codecs(&[0x81, 0x2d, 0xcc, 0]).unwrap(), "av01.1.13H.10");
+        assert!(hevc_codecs("hvc1", &[1, 2]).is_err());
     }
 
     #[test]

@@ -19,11 +19,28 @@ pub struct SegmentedMuxer {
 impl SegmentedMuxer {
     /// Opens `path` for the stream produced by `encoder`.
     pub fn create(path: &Path, encoder: &codec::encoder::Encoder, encoder_tb: Rational) -> Result<Self, EncodeError> {
+        Self::create_tagged(path, encoder, encoder_tb, None)
+    }
+
+    /// Like `create`, with the sample entry's four-character code set (`hvc1`:
+    /// parameter sets only in the init segment, which Apple players require).
+    pub fn create_tagged(
+        path: &Path,
+        encoder: &codec::encoder::Encoder,
+        encoder_tb: Rational,
+        tag: Option<[u8; 4]>,
+    ) -> Result<Self, EncodeError> {
         let mut octx = format::output_as(path, "mp4").map_err(ff("opening the mp4 muxer"))?;
         {
             let mut ost = octx.add_stream(encoder.codec()).map_err(ff("adding a stream"))?;
             ost.set_parameters(encoder);
             ost.set_time_base(encoder_tb);
+            if let Some(t) = tag {
+                // SAFETY: the stream and its codec parameters were just allocated by add_stream.
+                unsafe {
+                    (*(*ost.as_mut_ptr()).codecpar).codec_tag = u32::from_le_bytes(t);
+                }
+            }
         }
         let mut opts = Dictionary::new();
         opts.set("movflags", "frag_custom+empty_moov+default_base_moof+skip_trailer+cmaf");

@@ -141,13 +141,22 @@ pub fn dash_mpd(cat: &Catalog) -> String {
         iso_duration(cat.segment_duration_ms as f64 / 1000.0),
     );
     let _ = writeln!(x, r#"  <Period id="0" start="PT0S">"#);
-    for (set_id, (kind, content, mime)) in
-        [(MediaKind::Video, "video", "video/mp4"), (MediaKind::Audio, "audio", "audio/mp4")].into_iter().enumerate()
-    {
-        let mut reps: Vec<&Rendition> = cat.renditions.iter().filter(|r| r.kind == kind).collect();
-        if reps.is_empty() {
-            continue;
+    // One AdaptationSet per video codec (players switch rungs within a set,
+    // never codecs), then the audio.
+    let mut sets: Vec<(MediaKind, Vec<&Rendition>)> = Vec::new();
+    for r in &cat.renditions {
+        let family = codec_family(&r.codecs);
+        match sets.iter_mut().find(|(k, reps)| *k == r.kind && codec_family(&reps[0].codecs) == family) {
+            Some((_, reps)) => reps.push(r),
+            None => sets.push((r.kind, vec![r])),
         }
+    }
+    sets.sort_by_key(|(k, _)| *k == MediaKind::Audio);
+    for (set_id, (kind, mut reps)) in sets.into_iter().enumerate() {
+        let (content, mime) = match kind {
+            MediaKind::Video => ("video", "video/mp4"),
+            MediaKind::Audio => ("audio", "audio/mp4"),
+        };
         reps.sort_by_key(|r| r.bandwidth_bps);
         let _ = writeln!(
             x,
@@ -189,6 +198,11 @@ pub fn dash_mpd(cat: &Catalog) -> String {
     let _ = writeln!(x, "  </Period>");
     let _ = writeln!(x, "</MPD>");
     x
+}
+
+/// The sample entry part of a codecs string: `avc1`, `hvc1`, `av01`, `mp4a`.
+fn codec_family(codecs: &str) -> &str {
+    codecs.split('.').next().unwrap_or(codecs)
 }
 
 fn frame_rate_attr(f: f64) -> String {
@@ -287,5 +301,21 @@ mod tests {
         assert!(x.contains(r#"mediaPresentationDuration="PT10.000S""#));
         assert!(x.contains(r#"frameRate="25""#));
         assert_eq!(frame_rate_attr(29.97002997), "30000/1001");
+    }
+
+    #[test]
+    fn each_video_codec_gets_its_own_adaptation_set_and_hls_variants() {
+        let mut cat = catalog();
+        let mut hevc = rendition("v360-hevc", MediaKind::Video, 560_000, 12800, &[51200, 51200, 25600]);
+        hevc.codecs = "hvc1.1.6.L93.B0".into();
+        cat.renditions.insert(2, hevc);
+        let x = dash_mpd(&cat);
+        assert_eq!(x.matches("<AdaptationSet").count(), 3, "{x}");
+        let hevc_set = x.split("<AdaptationSet").nth(2).unwrap();
+        assert!(hevc_set.contains(r#"codecs="hvc1.1.6.L93.B0""#) && !hevc_set.contains("avc1"), "{x}");
+        assert!(x.split("<AdaptationSet").nth(3).unwrap().contains("audio/mp4"));
+        let master = hls_master(&cat);
+        assert!(master.contains(r#"CODECS="hvc1.1.6.L93.B0,mp4a.40.2""#), "{master}");
+        assert_eq!(master.matches("#EXT-X-STREAM-INF").count(), 3);
     }
 }

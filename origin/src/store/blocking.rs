@@ -16,6 +16,8 @@ pub trait PublishTarget: Send + Sync {
     fn put_blocking(&self, key: &ObjectKey, body: &[u8]) -> Result<(), StoreError>;
     /// True if `key` exists.
     fn exists_blocking(&self, key: &ObjectKey) -> Result<bool, StoreError>;
+    /// Deletes every object whose key starts with `prefix`; returns how many.
+    fn delete_prefix_blocking(&self, prefix: &str) -> Result<u64, StoreError>;
 }
 
 impl PublishTarget for LocalStore {
@@ -29,6 +31,18 @@ impl PublishTarget for LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(source) => Err(StoreError::Io { key: key.to_string(), source }),
         }
+    }
+
+    fn delete_prefix_blocking(&self, prefix: &str) -> Result<u64, StoreError> {
+        let keys = self.list_blocking(prefix)?;
+        for k in &keys {
+            match std::fs::remove_file(self.root().join(k)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Io { key: k.clone(), source }),
+            }
+        }
+        Ok(keys.len() as u64)
     }
 }
 
@@ -80,5 +94,9 @@ impl PublishTarget for BlockingStore {
             Err(StoreError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    fn delete_prefix_blocking(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.handle.block_on(self.store.delete_prefix(prefix))
     }
 }

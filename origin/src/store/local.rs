@@ -82,7 +82,7 @@ impl LocalStore {
 
     /// Every regular file under `prefix`, as sorted relative paths. Temporary
     /// files (dot names) of unfinished writes are not objects and are skipped.
-    fn list_blocking(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn list_blocking(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         check_prefix(prefix)?;
         let base = prefix.rfind('/').map_or("", |i| &prefix[..i]);
         let mut out = Vec::new();

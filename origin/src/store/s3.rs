@@ -80,6 +80,11 @@ impl S3Store {
         Ok(Self::new(Client::from_conf(conf), bucket, prefix))
     }
 
+    /// The S3 client (for reads outside the key layout, such as encoder inputs).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The bucket.
     pub fn bucket(&self) -> &str {
         &self.bucket

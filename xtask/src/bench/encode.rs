@@ -190,6 +190,7 @@ pub fn run() -> Result<BenchResult> {
             "bytes_ours": size(&joined), "bytes_ffmpeg": size(&base_out.join(format!("v{h}.mp4"))),
         }));
     }
+    let fleet = super::encode_fleet::run(&encoder, &src, PRESET, &work)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(BenchResult {
         name: "encode",
@@ -206,6 +207,7 @@ pub fn run() -> Result<BenchResult> {
             "target": "cpu_s_ours <= 1.05 x ffmpeg with PSNR within 0.1 dB per rung",
             "worst_psnr_gap_db": worst_gap,
             "rungs": rungs,
+            "fleet": fleet,
             "note": "includes publishing (manifests, catalog, atomic writes) on our side; the audio is encoded on both sides",
         }),
     })
