@@ -109,6 +109,15 @@ impl Service {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Kills the process at once (SIGKILL), as a crash or a power cut would, and reaps it.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if let Ok(Some(s)) = self.child.try_wait() {
+            return Some(s);
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+
     /// Sends SIGTERM and waits up to `grace` before SIGKILL.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
         if let Ok(Some(s)) = self.child.try_wait() {

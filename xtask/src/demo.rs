@@ -194,6 +194,27 @@ fn summary(report: &serde_json::Value, stack: &Stack) -> Result<()> {
     Ok(())
 }
 
+/// Starts the player page (`tests/browser/serve.mjs`: the page plus hls.js and
+/// dash.js from `node_modules`) and returns it with the URL a person opens.
+fn start_page(work: &Path, steering: &str) -> Result<(Service, String)> {
+    let dir = env::root().join("tests/browser");
+    let node = which("node").context("node is not on PATH")?;
+    let page = Service::start(
+        "page",
+        &node,
+        &[dir.join("serve.mjs").display().to_string(), s("--listen"), s("127.0.0.1:0")],
+        &work.join("logs"),
+        Duration::from_secs(15),
+    )?;
+    let url = format!("{}/?steering={steering}&title={TITLE}&titles={TITLE}&player=hls", page.url());
+    Ok((page, url))
+}
+
+/// The first `name` on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
 /// Runs the demo; with `serve`, keeps the stack up until SIGTERM or SIGINT.
 pub fn run(serve: bool) -> Result<()> {
     env::install_system_deps()?;
@@ -233,14 +254,24 @@ pub fn run(serve: bool) -> Result<()> {
         signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
         signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
         let base = stack.steering.url();
+        let mut page = start_page(&work, &base);
         println!(
             "PLAY hls={base}/v1/redirect/{TITLE}/hls/master.m3u8 dash={base}/v1/redirect/{TITLE}/dash/manifest.mpd"
         );
+        if let Ok((_, url)) = &page {
+            println!("PAGE {url}");
+        }
         std::io::stdout().flush()?;
+        if let Err(e) = &page {
+            eprintln!("demo: no player page ({e:#}); the PLAY URLs work in any player");
+        }
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
         }
         eprintln!("demo: stopping");
+        if let Ok((p, _)) = &mut page {
+            p.stop(Duration::from_secs(5));
+        }
     } else {
         let report = play(&bins, &stack)?;
         let result = summary(&report, &stack);

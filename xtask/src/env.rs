@@ -21,6 +21,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // Baselines and peers for benchmarks and conformance tests.
     "nginx",
     "wrk",
+    // The browser tests drive Debian's chromium (it plays H.264/AAC in MSE).
+    "chromium",
+    // The encoder's fleet tests start their own PostgreSQL server (initdb + postgres).
+    "postgresql",
 ];
 
 /// PyPI packages tests start as real servers (installed with pip if missing).
@@ -50,7 +54,35 @@ fn installed(pkg: &str) -> bool {
 /// and the missing PyPI packages with pip.
 pub fn install_system_deps() -> Result<()> {
     install_debian()?;
-    install_pip()
+    install_pip()?;
+    install_browser_suite()
+}
+
+/// `tests/browser`: Node (Debian's `nodejs` and `npm` if there is no `node`
+/// at all) and the pinned npm packages, re-installed with `npm ci` whenever
+/// `package-lock.json` differs from the one last installed.
+fn install_browser_suite() -> Result<()> {
+    let has = |cmd: &str| Command::new(cmd).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !has("node") || !has("npm") {
+        install_apt(&["nodejs", "npm"])?;
+    }
+    let dir = root().join("tests/browser");
+    let lock = std::fs::read(dir.join("package-lock.json")).context("reading tests/browser/package-lock.json")?;
+    let stamp = dir.join("node_modules/.installed-package-lock.json");
+    if std::fs::read(&stamp).is_ok_and(|s| s == lock) {
+        return Ok(());
+    }
+    eprintln!("xtask: npm ci in tests/browser");
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .context("running npm ci in tests/browser")?;
+    if !status.success() {
+        bail!("npm ci in tests/browser failed ({status})");
+    }
+    std::fs::write(&stamp, lock).context("writing the npm install stamp")?;
+    Ok(())
 }
 
 fn install_pip() -> Result<()> {
@@ -78,7 +110,12 @@ fn install_pip() -> Result<()> {
 }
 
 fn install_debian() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    install_apt(DEBIAN_PACKAGES)
+}
+
+/// Installs those of `packages` that are missing with apt-get.
+fn install_apt(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
