@@ -4,6 +4,9 @@
 //!   requests by result, bytes, upstreams with their breaker states.
 //! - `POST /admin/purge?key=titles/...` or `?title=T` — drops the object, or
 //!   every object of the title, from RAM, disk and the stale copies.
+//! - `POST /admin/drain` / `POST /admin/undrain` — asks steering (through the
+//!   heartbeats) to send no new players here / to send them again. Players
+//!   already here keep being served.
 //!
 //! Without a configured token the API answers 404: it does not exist.
 
@@ -39,10 +42,16 @@ pub fn handle(
     match (method, path) {
         (&Method::GET, "/admin/status") => json_response(StatusCode::OK, &status(state)),
         (&Method::POST, "/admin/purge") => purge(state, query.unwrap_or("")),
-        (_, "/admin/status" | "/admin/purge") => {
-            error_response(StatusCode::METHOD_NOT_ALLOWED, "GET status, POST purge")
+        (&Method::POST, "/admin/drain" | "/admin/undrain") => {
+            let drained = path == "/admin/drain";
+            state.drained.store(drained, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(drained, "admin drain");
+            json_response(StatusCode::OK, &json!({ "name": state.name, "drained": drained }))
         }
-        _ => error_response(StatusCode::NOT_FOUND, "unknown admin path (status, purge)"),
+        (_, "/admin/status" | "/admin/purge" | "/admin/drain" | "/admin/undrain") => {
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "GET status; POST purge, drain, undrain")
+        }
+        _ => error_response(StatusCode::NOT_FOUND, "unknown admin path (status, purge, drain, undrain)"),
     }
 }
 
@@ -97,6 +106,7 @@ fn status(state: &EdgeState) -> serde_json::Value {
         .collect();
     json!({
         "name": state.name,
+        "drained": state.drained.load(std::sync::atomic::Ordering::Relaxed),
         "ram": { "bytes": ram.weighted_bytes(), "objects": ram.entries(), "capacity_bytes": ram.capacity_bytes() },
         "disk": disk,
         "requests": requests,
@@ -104,6 +114,7 @@ fn status(state: &EdgeState) -> serde_json::Value {
         "bytes_served": served,
         "upstream_bytes": fetched,
         "upstreams": upstreams,
+        "prefill": state.prefill.to_json(),
     })
 }
 

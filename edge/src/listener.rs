@@ -19,12 +19,33 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct CappedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    max: usize,
 }
 
 impl CappedListener {
     /// Caps `inner` at `max` open connections.
     pub fn new(inner: TcpListener, max: usize) -> Self {
-        Self { inner, permits: Arc::new(Semaphore::new(max.max(1))) }
+        let max = max.max(1);
+        Self { inner, permits: Arc::new(Semaphore::new(max)), max }
+    }
+
+    /// A handle that counts the connections open right now (for heartbeats).
+    pub fn gauge(&self) -> ConnectionGauge {
+        ConnectionGauge { permits: Arc::clone(&self.permits), max: self.max }
+    }
+}
+
+/// Counts a [`CappedListener`]'s open connections.
+#[derive(Clone)]
+pub struct ConnectionGauge {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ConnectionGauge {
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.max.saturating_sub(self.permits.available_permits()) as u64
     }
 }
 

@@ -109,6 +109,11 @@ where
         doomed.len() as u64
     }
 
+    /// Every key held (a snapshot; O(entries)).
+    pub fn keys(&self) -> Vec<K> {
+        self.cache.iter().map(|(k, _)| K::clone(&k)).collect()
+    }
+
     /// Applies pending admissions and evictions now, so sizes and the next
     /// lookups are exact (moka otherwise batches this work).
     pub fn settle(&self) {

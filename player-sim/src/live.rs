@@ -104,6 +104,8 @@ pub struct LiveReport {
     /// Playback speed of the run (`--speed`).
     pub speed: f64,
     pub total_bytes: u64,
+    /// Moves to the next edge of a ranked list after an error or a timeout, over all sessions.
+    pub failovers: u64,
     /// Bytes received per edge name, over all sessions.
     pub bytes_by_edge: BTreeMap<String, u64>,
     pub per_session: Vec<LiveSession>,
@@ -123,8 +125,8 @@ impl LiveReport {
         let ok: Vec<&SessionQoe> = per_session.iter().filter(|s| s.error.is_none()).map(|s| &s.qoe).collect();
         let mut bytes_by_edge = BTreeMap::new();
         for s in &per_session {
-            if let Some(edge) = &s.edge {
-                *bytes_by_edge.entry(edge.clone()).or_insert(0) += s.bytes;
+            for (edge, bytes) in &s.bytes_by_edge {
+                *bytes_by_edge.entry(edge.clone()).or_insert(0) += bytes;
             }
         }
         let mut startups: Vec<f64> = ok.iter().map(|q| q.startup_ms).collect();
@@ -140,6 +142,7 @@ impl LiveReport {
             startup_ms_p99: percentile(&startups, 99.0),
             speed: config.speed,
             total_bytes: per_session.iter().map(|s| s.bytes).sum(),
+            failovers: per_session.iter().map(|s| u64::from(s.failovers)).sum(),
             bytes_by_edge,
             per_session,
         }
@@ -199,8 +202,8 @@ impl LiveReport {
             self.total_bytes
         ));
         out.push_str(&format!(
-            "startup ms p50 {:.0}, p90 {:.0}, p99 {:.0} (speed ×{})\n",
-            self.startup_ms_p50, self.startup_ms_p90, self.startup_ms_p99, self.speed
+            "startup ms p50 {:.0}, p90 {:.0}, p99 {:.0} (speed ×{}), {} failovers\n",
+            self.startup_ms_p50, self.startup_ms_p90, self.startup_ms_p99, self.speed, self.failovers
         ));
         for (edge, bytes) in &self.bytes_by_edge {
             out.push_str(&format!("  {edge}: {bytes} bytes\n"));
@@ -277,6 +280,8 @@ pub async fn run(config: LiveConfig) -> Result<LiveReport, LiveError> {
                 edge: None,
                 url: None,
                 bytes: 0,
+                bytes_by_edge: BTreeMap::new(),
+                failovers: 0,
                 audio_segments: 0,
                 qoe: SessionQoe::from_playback(0.0, 0.0, 0, &[]),
                 error: Some("session task panicked".into()),

@@ -1,9 +1,12 @@
 //! One live session: ask steering where to play, fetch the master playlist
 //! from the first edge that answers, then audio and video segments with the
-//! ABR choosing each video rung, keeping a wall-clock buffer.
+//! ABR choosing each video rung, keeping a wall-clock buffer. When a request
+//! to the current edge fails or times out, the session moves to the next URL
+//! of steering's ranked list (same path and token, another host) and retries
+//! there: a failover.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, Url};
@@ -72,6 +75,10 @@ pub struct LiveSession {
     pub url: Option<String>,
     /// Bytes received from edges (playlists, init and media segments).
     pub bytes: u64,
+    /// Bytes received per edge name.
+    pub bytes_by_edge: BTreeMap<String, u64>,
+    /// Times the session moved to the next edge of the ranked list after an error or a timeout.
+    pub failovers: u32,
     /// Audio segments received.
     pub audio_segments: usize,
     #[serde(flatten)]
@@ -86,15 +93,73 @@ struct Fetched {
     total: Duration,
 }
 
-/// HTTP GETs of one session: timeouts, optional shaping, byte counting.
+/// One candidate of steering's ranked list.
+struct Candidate {
+    edge: String,
+    url: Url,
+}
+
+/// HTTP GETs of one session: timeouts, optional shaping, byte counting, failover.
 struct Fetcher<'a> {
     client: &'a Client,
     timeout: Duration,
     shaper: Option<Shaper>,
     bytes: u64,
+    /// Ranked candidates and the one in use.
+    candidates: Vec<Candidate>,
+    current: usize,
+    failovers: u32,
+    bytes_by_edge: BTreeMap<String, u64>,
+}
+
+/// Adds `bytes` received from `edge` (edges that sent nothing are not listed).
+fn count_bytes(by_edge: &mut BTreeMap<String, u64>, edge: &str, bytes: u64) {
+    if bytes > 0 {
+        *by_edge.entry(edge.to_owned()).or_insert(0) += bytes;
+    }
+}
+
+/// `url` with the scheme, host and port of `base` (path and token stay).
+fn rebase(url: &Url, base: &Url) -> Url {
+    let mut out = url.clone();
+    // Both are http(s) URLs with a host, so these cannot fail; keep the original if they do.
+    if out.set_scheme(base.scheme()).is_err()
+        || out.set_host(base.host_str()).is_err()
+        || out.set_port(base.port()).is_err()
+    {
+        return url.clone();
+    }
+    out
 }
 
 impl Fetcher<'_> {
+    /// GET `url` from the current edge; on an error or a timeout, move down the ranked list
+    /// and try the same path there, until one answers or none is left.
+    async fn get_edge(&mut self, url: &Url, keep_body: bool) -> Result<Fetched, SessionError> {
+        loop {
+            let target = match self.candidates.get(self.current) {
+                Some(c) => rebase(url, &c.url),
+                None => url.clone(),
+            };
+            let before = self.bytes;
+            let result = self.get(&target, keep_body).await;
+            if let Some(c) = self.candidates.get(self.current) {
+                count_bytes(&mut self.bytes_by_edge, &c.edge, self.bytes - before);
+            }
+            match result {
+                Ok(f) => return Ok(f),
+                Err(e @ (SessionError::Http { .. } | SessionError::Timeout { .. } | SessionError::Status { .. }))
+                    if self.current + 1 < self.candidates.len() =>
+                {
+                    self.current += 1;
+                    self.failovers += 1;
+                    tracing::info!(error = %e, next = %self.candidates[self.current].edge, "failing over");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn get(&mut self, url: &Url, keep_body: bool) -> Result<Fetched, SessionError> {
         let timeout = self.timeout;
         match tokio::time::timeout(timeout, self.get_inner(url, keep_body)).await {
@@ -176,9 +241,17 @@ pub(crate) async fn play_session(
             Shaper::new(crate::shaping::time_scaled(trace, settings.speed), t0)
         }),
         bytes: 0,
+        candidates: Vec::new(),
+        current: 0,
+        failovers: 0,
+        bytes_by_edge: BTreeMap::new(),
     };
     let mut state = State { edge: None, url: None, audio_segments: 0, playback: Playback::new() };
     let result = run_session(&mut fetcher, &mut state, settings, client_ip.as_deref(), t0).await;
+    if state.edge.is_some() {
+        // After failovers, the edge the session ended on.
+        state.edge = fetcher.candidates.get(fetcher.current).map(|c| c.edge.clone());
+    }
     if let Err(e) = &result {
         tracing::warn!(session = index, error = %e, "session failed");
     }
@@ -188,6 +261,8 @@ pub(crate) async fn play_session(
         edge: state.edge,
         url: state.url,
         bytes: fetcher.bytes,
+        bytes_by_edge: fetcher.bytes_by_edge,
+        failovers: fetcher.failovers,
         audio_segments: state.audio_segments,
         qoe: state.playback.finish(),
         error: result.err().map(|e| e.to_string()),
@@ -231,7 +306,7 @@ async fn ask_steering(
 
 /// Fetch and parse a media playlist.
 async fn media_track(fetcher: &mut Fetcher<'_>, url: &Url) -> Result<MediaTrack, SessionError> {
-    let f = fetcher.get(url, true).await?;
+    let f = fetcher.get_edge(url, true).await?;
     Ok(hls::parse_media(&f.body, url)?)
 }
 
@@ -247,26 +322,34 @@ async fn run_session(
         return Err(SessionError::NoUrls { url: settings.steering.to_string() });
     }
 
-    // Ranked edge URLs: the first that serves the master playlist wins.
-    let mut chosen: Option<(Url, Master)> = None;
+    // Ranked edge URLs: the first that serves the master playlist wins; the rest are the failovers.
     let mut last_error = None;
     for candidate in &play.urls {
-        let attempt = async {
-            let url = Url::parse(&candidate.url)
-                .map_err(|e| SessionError::Steering { url: candidate.url.clone(), reason: e.to_string() })?;
-            let f = fetcher.get(&url, true).await?;
-            let master = hls::parse_master(&f.body, &url)?;
-            Ok::<_, SessionError>((url, master))
+        match Url::parse(&candidate.url) {
+            Ok(url) => fetcher.candidates.push(Candidate { edge: candidate.edge.clone(), url }),
+            Err(e) => last_error = Some(SessionError::Steering { url: candidate.url.clone(), reason: e.to_string() }),
+        }
+    }
+    let mut chosen: Option<(Url, Master)> = None;
+    for k in 0..fetcher.candidates.len() {
+        let url = fetcher.candidates[k].url.clone();
+        fetcher.current = k;
+        let before = fetcher.bytes;
+        let result = match fetcher.get(&url, true).await {
+            Ok(f) => hls::parse_master(&f.body, &url).map_err(SessionError::from),
+            Err(e) => Err(e),
         };
-        match attempt.await {
-            Ok((url, master)) => {
-                state.edge = Some(candidate.edge.clone());
+        let edge = fetcher.candidates[k].edge.clone();
+        count_bytes(&mut fetcher.bytes_by_edge, &edge, fetcher.bytes - before);
+        match result {
+            Ok(master) => {
+                state.edge = Some(edge);
                 state.url = Some(url.to_string());
                 chosen = Some((url, master));
                 break;
             }
             Err(e) => {
-                tracing::info!(edge = %candidate.edge, error = %e, "edge failed, trying the next");
+                tracing::info!(%edge, error = %e, "edge failed, trying the next");
                 last_error = Some(e);
             }
         }
@@ -326,22 +409,22 @@ async fn run_session(
         if let Some(a) = audio.as_ref().and_then(|t| t.segments.get(i)) {
             if let Some(init) = &a.init {
                 if audio_init.as_ref() != Some(init) {
-                    fetcher.get(init, false).await?;
+                    fetcher.get_edge(init, false).await?;
                     audio_init = Some(init.clone());
                 }
             }
-            fetcher.get(&a.url, false).await?;
+            fetcher.get_edge(&a.url, false).await?;
             state.audio_segments += 1;
         }
         // A rendition switch needs that rendition's init segment first.
         if let Some(init) = &segment.init {
             if video_init.as_ref() != Some(init) {
-                fetcher.get(init, false).await?;
+                fetcher.get_edge(init, false).await?;
                 video_init = Some(init.clone());
             }
         }
         let before = fetcher.bytes;
-        let f = fetcher.get(&segment.url, false).await?;
+        let f = fetcher.get_edge(&segment.url, false).await?;
         let bits = (fetcher.bytes - before) as f64 * 8.0;
         // Loopback can deliver a whole segment with its headers: floor the time so the sample stays finite.
         let transfer_ms = ((f.total - f.ttfb).as_secs_f64() * 1000.0 * speed).max(1.0);
@@ -362,4 +445,27 @@ async fn run_session(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebase_keeps_path_and_token_and_swaps_the_edge() {
+        let seg = Url::parse("http://127.0.0.1:4001/t/TOK/titles/bbb/v360/7.m4s").unwrap();
+        let next = Url::parse("http://10.0.0.2:4002/t/TOK/titles/bbb/hls/master.m3u8").unwrap();
+        assert_eq!(rebase(&seg, &next).as_str(), "http://10.0.0.2:4002/t/TOK/titles/bbb/v360/7.m4s");
+        let default_port = Url::parse("https://edge.example/t/TOK/titles/bbb/hls/master.m3u8").unwrap();
+        assert_eq!(rebase(&seg, &default_port).as_str(), "https://edge.example/t/TOK/titles/bbb/v360/7.m4s");
+    }
+
+    #[test]
+    fn only_edges_that_sent_bytes_are_counted() {
+        let mut m = BTreeMap::new();
+        count_bytes(&mut m, "dead", 0);
+        count_bytes(&mut m, "b", 10);
+        count_bytes(&mut m, "b", 5);
+        assert_eq!(m.into_iter().collect::<Vec<_>>(), [("b".to_owned(), 15)]);
+    }
 }

@@ -28,32 +28,42 @@
 //! `PATHWAY-PRIORITY`, which some DASH players read). Players send
 //! `_DASH_pathway` and `_DASH_throughput` when they re-poll.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use vod::steering::Format;
 
-/// Pathway id of the variants written into a steered master playlist.
-pub const BASE_PATHWAY: &str = "base";
+pub use vod::content_steering::{
+    is_pathway_id, master_uris, stable_id, steer_master_playlist, steer_mpd, MasterUris, BASE_PATHWAY,
+};
 
-/// Pathway ids are `[A-Za-z0-9._-]+` (HLS); edge names that are not get no pathway.
-pub fn is_pathway_id(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
-/// One candidate as a pathway: its id and the host (`host[:port]`) its URIs use.
+/// One candidate as a pathway: its id, host, and the absolute URIs of its playlists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pathway {
     /// Pathway / service-location id (the edge name, or `origin`).
     pub id: String,
-    /// `host[:port]` that replaces the base pathway's host.
+    /// Host name (no port) that replaces the base pathway's host.
     pub host: String,
+    /// Absolute URI of each variant playlist on this pathway, by `STABLE-VARIANT-ID` (HLS).
+    pub variants: BTreeMap<String, String>,
+    /// Absolute URI of each rendition playlist on this pathway, by `STABLE-RENDITION-ID` (HLS).
+    pub renditions: BTreeMap<String, String>,
 }
 
-/// `URI-REPLACEMENT` of a pathway clone.
+/// `URI-REPLACEMENT` of a pathway clone. Players use a per-variant URI where one is given
+/// and fall back to replacing the host, which cannot change the port: edges that differ
+/// only by port are reached through the per-variant URIs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UriReplacement {
-    /// New host for every URI of the base pathway.
+    /// New host name for URIs without a per-variant or per-rendition entry.
     #[serde(rename = "HOST")]
     pub host: String,
+    /// Whole variant playlist URIs, by `STABLE-VARIANT-ID`.
+    #[serde(rename = "PER-VARIANT-URIS", skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_variant_uris: BTreeMap<String, String>,
+    /// Whole rendition playlist URIs, by `STABLE-RENDITION-ID`.
+    #[serde(rename = "PER-RENDITION-URIS", skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_rendition_uris: BTreeMap<String, String>,
 }
 
 /// One entry of `PATHWAY-CLONES`.
@@ -108,7 +118,11 @@ pub fn steering_manifest(format: Format, ttl_s: u64, reload_uri: String, pathway
                 .map(|p| PathwayClone {
                     base_id: BASE_PATHWAY.to_owned(),
                     id: p.id.clone(),
-                    uri_replacement: UriReplacement { host: p.host.clone() },
+                    uri_replacement: UriReplacement {
+                        host: p.host.clone(),
+                        per_variant_uris: p.variants.clone(),
+                        per_rendition_uris: p.renditions.clone(),
+                    },
                 })
                 .collect(),
         },
@@ -123,101 +137,12 @@ pub fn steering_manifest(format: Format, ttl_s: u64, reload_uri: String, pathway
     }
 }
 
-fn quote_attr(v: &str) -> String {
-    // Quoted-strings in HLS cannot carry '"' or line breaks.
-    v.chars().filter(|c| *c != '"' && *c != '\n' && *c != '\r').collect()
-}
-
-/// Sets `PATHWAY-ID="{pathway}"` on one `#EXT-X-STREAM-INF` / `#EXT-X-I-FRAME-STREAM-INF` line.
-fn with_pathway(line: &str, pathway: &str) -> String {
-    let (tag, attrs) = line.split_once(':').unwrap_or((line, ""));
-    // Split on commas outside quotes, drop any PATHWAY-ID, append ours.
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in attrs.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                cur.push(c);
-            }
-            ',' if !quoted => parts.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        parts.push(cur);
-    }
-    parts.retain(|p| !p.trim_start().starts_with("PATHWAY-ID="));
-    parts.push(format!("PATHWAY-ID=\"{}\"", quote_attr(pathway)));
-    format!("{tag}:{}", parts.join(","))
-}
-
-/// Adds `#EXT-X-CONTENT-STEERING` (pointing at `server_uri`) to a master playlist and puts
-/// every variant in the [`BASE_PATHWAY`]; an existing steering tag is replaced. Returns
-/// None when the text is not a master playlist (no `#EXTM3U` header).
-pub fn steer_master_playlist(master: &str, server_uri: &str) -> Option<String> {
-    let mut lines = master.lines();
-    if lines.next().map(str::trim_end) != Some("#EXTM3U") {
-        return None;
-    }
-    let mut out = String::with_capacity(master.len() + 128);
-    out.push_str("#EXTM3U\n");
-    let steering =
-        format!("#EXT-X-CONTENT-STEERING:SERVER-URI=\"{}\",PATHWAY-ID=\"{BASE_PATHWAY}\"\n", quote_attr(server_uri));
-    let mut placed = false;
-    for line in lines {
-        let line = line.trim_end_matches('\r');
-        if line.starts_with("#EXT-X-CONTENT-STEERING") {
-            continue;
-        }
-        // After the version/independent-segments header lines, before the first other line.
-        let header = line.starts_with("#EXT-X-VERSION") || line.starts_with("#EXT-X-INDEPENDENT-SEGMENTS");
-        if !placed && !header {
-            out.push_str(&steering);
-            placed = true;
-        }
-        if line.starts_with("#EXT-X-STREAM-INF:") || line.starts_with("#EXT-X-I-FRAME-STREAM-INF:") {
-            out.push_str(&with_pathway(line, BASE_PATHWAY));
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    if !placed {
-        out.push_str(&steering);
-    }
-    Some(out)
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-/// Adds `<ContentSteering>` and one `<BaseURL serviceLocation=…>` per location (best first)
-/// right after the `<MPD …>` opening tag. `locations` are (id, absolute base URL ending in
-/// `/`). Returns None when no `<MPD` element is found.
-pub fn steer_mpd(mpd: &str, server_uri: &str, locations: &[(String, String)]) -> Option<String> {
-    let start = mpd.find("<MPD")?;
-    let end = start + mpd[start..].find('>')? + 1;
-    let default = locations.first().map(|(id, _)| id.as_str()).unwrap_or_default();
-    let mut insert = format!(
-        "\n  <ContentSteering defaultServiceLocation=\"{}\" queryBeforeStart=\"true\">{}</ContentSteering>",
-        xml_escape(default),
-        xml_escape(server_uri)
-    );
-    for (id, base) in locations {
-        insert.push_str(&format!("\n  <BaseURL serviceLocation=\"{}\">{}</BaseURL>", xml_escape(id), xml_escape(base)));
-    }
-    Some(format!("{}{insert}{}", &mpd[..end], &mpd[end..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn pw(id: &str, host: &str) -> Pathway {
-        Pathway { id: id.into(), host: host.into() }
+        Pathway { id: id.into(), host: host.into(), variants: BTreeMap::new(), renditions: BTreeMap::new() }
     }
 
     #[test]
@@ -241,67 +166,27 @@ mod tests {
     }
 
     #[test]
+    fn hls_clones_carry_per_variant_and_rendition_uris() {
+        let mut p = pw("a1", "127.0.0.1");
+        p.variants.insert("v360".into(), "http://127.0.0.1:4567/t/TOK/titles/bbb/hls/v360.m3u8".into());
+        p.renditions.insert("audio".into(), "http://127.0.0.1:4567/t/TOK/titles/bbb/hls/audio.m3u8".into());
+        let v = serde_json::to_value(steering_manifest(Format::Hls, 10, "r".into(), &[p])).unwrap();
+        assert_eq!(
+            v["PATHWAY-CLONES"][0]["URI-REPLACEMENT"],
+            serde_json::json!({
+                "HOST": "127.0.0.1",
+                "PER-VARIANT-URIS": {"v360": "http://127.0.0.1:4567/t/TOK/titles/bbb/hls/v360.m3u8"},
+                "PER-RENDITION-URIS": {"audio": "http://127.0.0.1:4567/t/TOK/titles/bbb/hls/audio.m3u8"}
+            })
+        );
+    }
+
+    #[test]
     fn dash_manifest_lists_service_locations() {
         let m = steering_manifest(Format::Dash, 5, "r".into(), &[pw("a1", "h")]);
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["SERVICE-LOCATION-PRIORITY"], serde_json::json!(["a1"]));
         assert_eq!(v["PATHWAY-PRIORITY"], serde_json::json!(["a1"]));
         assert!(v.get("PATHWAY-CLONES").is_none());
-    }
-
-    const MASTER: &str = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n\
-        #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"aud\",NAME=\"a\",URI=\"audio.m3u8\"\n\
-        #EXT-X-STREAM-INF:BANDWIDTH=800000,CODECS=\"avc1.64001f,mp4a.40.2\",AUDIO=\"aud\"\nv360.m3u8\n\
-        #EXT-X-STREAM-INF:BANDWIDTH=2000000,CODECS=\"avc1.64001f,mp4a.40.2\",PATHWAY-ID=\"old\"\nv720.m3u8\n";
-
-    #[test]
-    fn master_playlist_gets_the_tag_and_base_pathway() {
-        let out = steer_master_playlist(MASTER, "http://steer/v1/steering/bbb?format=hls").unwrap();
-        let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "#EXTM3U");
-        assert_eq!(
-            lines[3],
-            "#EXT-X-CONTENT-STEERING:SERVER-URI=\"http://steer/v1/steering/bbb?format=hls\",PATHWAY-ID=\"base\""
-        );
-        assert_eq!(
-            lines[5],
-            "#EXT-X-STREAM-INF:BANDWIDTH=800000,CODECS=\"avc1.64001f,mp4a.40.2\",AUDIO=\"aud\",PATHWAY-ID=\"base\""
-        );
-        assert_eq!(
-            lines[7],
-            "#EXT-X-STREAM-INF:BANDWIDTH=2000000,CODECS=\"avc1.64001f,mp4a.40.2\",PATHWAY-ID=\"base\""
-        );
-        assert_eq!(lines[8], "v720.m3u8");
-        // Idempotent: steering an already steered playlist changes nothing.
-        assert_eq!(steer_master_playlist(&out, "http://steer/v1/steering/bbb?format=hls").unwrap(), out);
-        // And it still parses as a master playlist.
-        assert!(matches!(m3u8_rs::parse_playlist_res(out.as_bytes()), Ok(m3u8_rs::Playlist::MasterPlaylist(_))));
-        assert_eq!(steer_master_playlist("not a playlist", "x"), None);
-    }
-
-    #[test]
-    fn mpd_gets_content_steering_and_base_urls() {
-        let mpd = "<?xml version=\"1.0\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"static\">\n  <Period/>\n</MPD>\n";
-        let out = steer_mpd(
-            mpd,
-            "http://steer/v1/steering/bbb?format=dash&a=1",
-            &[
-                ("a1".into(), "http://a1/t/TOK/titles/bbb/dash/".into()),
-                ("b1".into(), "http://b1/t/TOK/titles/bbb/dash/".into()),
-            ],
-        )
-        .unwrap();
-        assert!(out.contains(
-            "<ContentSteering defaultServiceLocation=\"a1\" queryBeforeStart=\"true\">http://steer/v1/steering/bbb?format=dash&amp;a=1</ContentSteering>"
-        ));
-        assert!(out.contains("<BaseURL serviceLocation=\"b1\">http://b1/t/TOK/titles/bbb/dash/</BaseURL>"));
-        assert!(out.find("<ContentSteering").unwrap() < out.find("<Period").unwrap());
-        assert_eq!(steer_mpd("<html/>", "x", &[]), None);
-    }
-
-    #[test]
-    fn pathway_ids_are_checked() {
-        assert!(is_pathway_id("edge-a.1_x"));
-        assert!(!is_pathway_id("") && !is_pathway_id("a b") && !is_pathway_id("a\"b"));
     }
 }

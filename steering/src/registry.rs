@@ -374,6 +374,14 @@ impl Registry {
                 })
             }
         };
+        // An edge that restarted elsewhere (a new port, a new address) says so; its own URL wins.
+        if let Some(url) = hb.url.as_deref() {
+            if let Ok(base_url) = check_base_url(url) {
+                if base_url != self.edges[i].edge.base_url {
+                    self.edges[i].edge.base_url = base_url;
+                }
+            }
+        }
         self.edges[i].heartbeat = Some(HeartbeatState {
             at_ms: now_ms,
             ok: hb.ok,

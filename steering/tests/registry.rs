@@ -16,7 +16,10 @@ const HB: &str = "hb-token";
 
 /// A server answering 200 on `/health`, stopped on drop of the test's runtime.
 async fn fake_edge() -> String {
-    let app = Router::new().route("/health", get(|| async { "ok" }));
+    let app = Router::new().route("/health", get(|| async { "ok" })).route(
+        "/titles/bbb/hls/master.m3u8",
+        get(|| async { "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000,CODECS=\"avc1.64001e\"\nv360.m3u8\n" }),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -222,7 +225,11 @@ async fn content_steering_manifests_are_redecided_on_every_poll() {
     assert_eq!(order[2], "b1");
     let clone_b1 = m["PATHWAY-CLONES"].as_array().unwrap().iter().find(|c| c["ID"] == "b1").unwrap().clone();
     assert_eq!(clone_b1["BASE-ID"], "base");
-    assert_eq!(clone_b1["URI-REPLACEMENT"]["HOST"], u3.trim_start_matches("http://"));
+    // The host name alone (players cannot change a port through it), and the whole signed
+    // variant URI on b1 by the variant's stable id.
+    assert_eq!(clone_b1["URI-REPLACEMENT"]["HOST"], "127.0.0.1");
+    let v360 = clone_b1["URI-REPLACEMENT"]["PER-VARIANT-URIS"]["v360"].as_str().unwrap();
+    assert!(v360.starts_with(&format!("{u3}/t/")) && v360.ends_with("/titles/bbb/hls/v360.m3u8"), "{v360}");
 
     // The best pathway reports itself unhealthy: the next poll drops it.
     let mut hb = Heartbeat::new(order[0].clone());
@@ -330,7 +337,10 @@ async fn forwarded_for_is_honoured_only_from_trusted_proxies() {
 async fn default_settings_take_a_dead_edge_out_within_3_s() {
     let u2 = fake_edge().await;
     // a1 is an edge we can kill.
-    let app = Router::new().route("/health", get(|| async { "ok" }));
+    let app = Router::new().route("/health", get(|| async { "ok" })).route(
+        "/titles/bbb/hls/master.m3u8",
+        get(|| async { "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=800000,CODECS=\"avc1.64001e\"\nv360.m3u8\n" }),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let u1 = format!("http://{}", listener.local_addr().unwrap());
     let (kill, killed) = oneshot::channel::<()>();

@@ -3,6 +3,7 @@
 //! directly.
 
 pub mod catalog;
+pub mod content_steering;
 pub mod cors;
 pub mod id;
 pub mod key;

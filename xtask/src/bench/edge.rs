@@ -228,7 +228,7 @@ impl Drop for WorkDir {
     }
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+pub(super) fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {}", path.display()))
@@ -295,7 +295,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, usize)> {
 }
 
 /// A port that was free a moment ago (bound, then released).
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -307,7 +307,7 @@ fn rss_kb(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn nginx_version() -> String {
+pub(super) fn nginx_version() -> String {
     Command::new("/usr/sbin/nginx")
         .arg("-v")
         .output()
@@ -333,13 +333,13 @@ fn terminate(child: &mut Child) {
 }
 
 /// One of our servers, started from its binary; its address is read from the line it prints.
-struct Proc {
+pub(super) struct Proc {
     child: Child,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
 }
 
 impl Proc {
-    fn spawn(cmd: &mut Command, announce: &'static str) -> Result<Self> {
+    pub(super) fn spawn(cmd: &mut Command, announce: &'static str) -> Result<Self> {
         let mut child = cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -359,11 +359,11 @@ impl Proc {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         terminate(&mut self.child);
     }
 }
@@ -377,13 +377,13 @@ impl Drop for Proc {
 }
 
 /// Debian's nginx with a generated config, in the foreground.
-struct Nginx {
+pub(super) struct Nginx {
     child: Child,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
 }
 
 impl Nginx {
-    fn start(work: &Path, name: &str, server: impl Fn(u16) -> String) -> Result<Self> {
+    pub(super) fn start(work: &Path, name: &str, server: impl Fn(u16) -> String) -> Result<Self> {
         let dir = work.join(format!("nginx-{name}"));
         std::fs::create_dir_all(dir.join("logs"))?;
         let port = free_port()?;
@@ -424,7 +424,7 @@ impl Nginx {
         Ok(Self { child, addr })
     }
 
-    fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         // SIGTERM to the master: it stops its workers before exiting.
         terminate(&mut self.child);
     }
@@ -440,18 +440,18 @@ impl Drop for Nginx {
 
 /// What one wrk run reported.
 #[derive(Debug, Clone, PartialEq)]
-struct Wrk {
-    requests_per_s: f64,
+pub(super) struct Wrk {
+    pub(super) requests_per_s: f64,
     transfer_bytes_per_s: f64,
-    p50_ms: f64,
-    p75_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    errors: u64,
+    pub(super) p50_ms: f64,
+    pub(super) p75_ms: f64,
+    pub(super) p90_ms: f64,
+    pub(super) p99_ms: f64,
+    pub(super) errors: u64,
 }
 
 impl Wrk {
-    fn parse(text: &str) -> Result<Self> {
+    pub(super) fn parse(text: &str) -> Result<Self> {
         let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::trim));
         let requests_per_s: f64 =
             field("Requests/sec:").context("wrk printed no Requests/sec")?.parse().context("Requests/sec")?;
