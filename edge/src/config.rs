@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
+use vod::token::TokenKey;
 
 use crate::error::EdgeError;
 
@@ -55,12 +56,42 @@ pub struct EdgeConfig {
     /// Key id that tokens must name.
     #[serde(default = "default_key_id")]
     pub token_key_id: String,
-    /// Secret shared with steering; without it every signed path is refused.
+    /// Secret shared with steering; without it (and without `token_keys`) every signed path is refused.
     #[serde(default)]
     pub token_secret: Option<String>,
-    /// A fill plan (JSON) to pull onto the disk tier, pinned, at start.
+    /// Accepted signing keys besides `token_key_id`/`token_secret`: during a rotation, the current and the
+    /// previous one (`[[token_keys]]` with `id` and `secret`).
+    #[serde(default)]
+    pub token_keys: Vec<TokenKeyConfig>,
+    /// Base URL of steering: heartbeats go to `{steering}/v1/heartbeat`, and master playlists served on
+    /// signed paths point their content steering at `{steering}/v1/steering/{title}`.
+    #[serde(default)]
+    pub steering: Option<String>,
+    /// Bearer token steering expects on heartbeats (its `heartbeat_token`).
+    #[serde(default)]
+    pub heartbeat_token: Option<String>,
+    /// Time between two heartbeats (steering's default timeout, 2.5 s, tolerates one lost).
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Site (ISP location) sent with heartbeats, so steering can register an edge it was not configured with.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Base URL players reach this edge at; default `http://{listen address}`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Egress this edge sustains, bits/s, reported to steering for its overload threshold.
+    #[serde(default)]
+    pub max_load_bps: Option<u64>,
+    /// A fill plan to pull onto the disk tier, pinned, at start: a JSON file, or an
+    /// `http://` URL to GET it from (steering's `/v1/fill-plan/{edge}`).
     #[serde(default)]
     pub prefill_plan: Option<PathBuf>,
+    /// Daily local-time window prefill may run in, `HH:MM-HH:MM` (e.g. `02:00-10:00`); unset = any time.
+    #[serde(default)]
+    pub prefill_window: Option<String>,
+    /// Cap on prefill traffic in bits per second (a token bucket); unset = no cap.
+    #[serde(default)]
+    pub prefill_rate_bps: Option<u64>,
     /// Cap on prefill traffic from upstream; unset = as fast as the upstream sends.
     #[serde(default)]
     pub prefill_rate_bytes_per_s: Option<u64>,
@@ -79,6 +110,20 @@ pub struct EdgeConfig {
     /// How long manifests and catalogs are served from cache (segments: until evicted).
     #[serde(default = "default_manifest_ttl_ms")]
     pub manifest_ttl_ms: u64,
+}
+
+/// One accepted token signing key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyConfig {
+    /// The key id tokens name.
+    pub id: String,
+    /// The shared secret.
+    pub secret: String,
+}
+
+fn default_heartbeat_interval_ms() -> u64 {
+    1000
 }
 
 fn default_listen() -> SocketAddr {
@@ -124,14 +169,38 @@ impl EdgeConfig {
             disk_region_bytes: None,
             token_key_id: default_key_id(),
             token_secret: None,
+            token_keys: Vec::new(),
+            steering: None,
+            heartbeat_token: None,
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
+            site: None,
+            public_url: None,
+            max_load_bps: None,
             admin_token: None,
             prefill_plan: None,
+            prefill_window: None,
+            prefill_rate_bps: None,
             prefill_rate_bytes_per_s: None,
             request_log: None,
             max_connections: default_max_connections(),
             upstream_timeout_ms: default_upstream_timeout_ms(),
             manifest_ttl_ms: default_manifest_ttl_ms(),
         }
+    }
+
+    /// Every accepted token key: `token_key_id`/`token_secret` first, then `token_keys`.
+    pub fn token_key_list(&self) -> Vec<TokenKey> {
+        let single =
+            self.token_secret.as_ref().map(|s| TokenKey::new(self.token_key_id.clone(), s.as_bytes().to_vec()));
+        single
+            .into_iter()
+            .chain(self.token_keys.iter().map(|k| TokenKey::new(k.id.clone(), k.secret.as_bytes().to_vec())))
+            .collect()
+    }
+
+    /// Steering's base URL without a trailing slash, if set.
+    pub fn steering_base(&self) -> Option<&str> {
+        self.steering.as_deref().map(|s| s.trim_end_matches('/'))
     }
 
     /// Every upstream in the order they are tried.
@@ -183,6 +252,12 @@ impl EdgeConfig {
                 )));
             }
         }
+        if let Some(w) = &self.prefill_window {
+            crate::prefill_window::PrefillWindow::parse(w).map_err(EdgeError::Config)?;
+        }
+        if self.prefill_rate_bps == Some(0) {
+            return Err(EdgeError::Config("prefill_rate_bps must be above 0 (leave it unset for no cap)".into()));
+        }
         if self.prefill_plan.is_some() && self.disk_path.is_none() {
             return Err(EdgeError::Config("prefill_plan needs a disk tier (disk_path, disk_bytes)".into()));
         }
@@ -204,6 +279,60 @@ impl EdgeConfig {
         }
         if self.name.is_empty() {
             return Err(EdgeError::Config("name must not be empty".into()));
+        }
+        self.validate_keys()?;
+        self.validate_steering()
+    }
+
+    fn validate_keys(&self) -> Result<(), EdgeError> {
+        let bad_id = |id: &str| id.is_empty() || id.contains('|');
+        if self.token_secret.is_some() && bad_id(&self.token_key_id) {
+            return Err(EdgeError::Config("token_key_id must be non-empty and must not contain '|'".into()));
+        }
+        if self.token_secret.as_deref() == Some("") {
+            return Err(EdgeError::Config("token_secret must not be empty".into()));
+        }
+        let mut seen: Vec<&str> = self.token_secret.iter().map(|_| self.token_key_id.as_str()).collect();
+        for k in &self.token_keys {
+            if bad_id(&k.id) {
+                return Err(EdgeError::Config(format!(
+                    "token key id {:?} must be non-empty and must not contain '|'",
+                    k.id
+                )));
+            }
+            if k.secret.is_empty() {
+                return Err(EdgeError::Config(format!("token key {:?}: secret must not be empty", k.id)));
+            }
+            if seen.contains(&k.id.as_str()) {
+                return Err(EdgeError::Config(format!("token key id {:?} is listed twice", k.id)));
+            }
+            seen.push(&k.id);
+        }
+        Ok(())
+    }
+
+    fn validate_steering(&self) -> Result<(), EdgeError> {
+        let base_url = |what: &str, url: &str| -> Result<(), EdgeError> {
+            let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+            match rest.map(|r| r.trim_end_matches('/')) {
+                Some(r) if !r.is_empty() && !r.contains(['/', '?', '#', ' ']) => Ok(()),
+                _ => Err(EdgeError::Config(format!("{what} {url:?} must be a base URL like http://host:port"))),
+            }
+        };
+        if let Some(s) = &self.steering {
+            base_url("steering", s)?;
+        }
+        if let Some(u) = &self.public_url {
+            base_url("public_url", u)?;
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(EdgeError::Config("heartbeat_interval_ms must be above 0".into()));
+        }
+        if self.heartbeat_token.as_deref() == Some("") {
+            return Err(EdgeError::Config("heartbeat_token must not be empty".into()));
+        }
+        if self.site.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err(EdgeError::Config("site must not be empty".into()));
         }
         Ok(())
     }
@@ -237,6 +366,24 @@ pub struct ServeArgs {
     /// Key id tokens must name (default k1).
     #[arg(long)]
     pub token_key_id: Option<String>,
+    /// A further accepted token key as ID=SECRET (repeat it: during a rotation, the current and the previous key).
+    #[arg(long = "token-key", value_name = "ID=SECRET")]
+    pub token_keys: Vec<String>,
+    /// Steering's base URL: send heartbeats there and point steered master playlists at it.
+    #[arg(long)]
+    pub steering: Option<String>,
+    /// Bearer token for heartbeats (steering's heartbeat_token).
+    #[arg(long)]
+    pub heartbeat_token: Option<String>,
+    /// Milliseconds between heartbeats (default 1000).
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Site (ISP location) reported in heartbeats.
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Base URL players reach this edge at (default http://LISTEN-ADDRESS).
+    #[arg(long)]
+    pub public_url: Option<String>,
     /// Name in logs and metrics (default edge).
     #[arg(long)]
     pub name: Option<String>,
@@ -246,9 +393,15 @@ pub struct ServeArgs {
     /// Most connections held open at once (default 10000).
     #[arg(long)]
     pub max_connections: Option<usize>,
-    /// Fill plan JSON to pull onto the disk tier (pinned) at start.
+    /// Fill plan to pull onto the disk tier (pinned): a JSON file or an http:// URL (steering's /v1/fill-plan/{edge}).
     #[arg(long)]
     pub prefill: Option<PathBuf>,
+    /// Local-time window prefill runs in, HH:MM-HH:MM (e.g. 02:00-10:00).
+    #[arg(long)]
+    pub prefill_window: Option<String>,
+    /// Prefill rate cap, bits per second.
+    #[arg(long)]
+    pub prefill_rate_bps: Option<u64>,
     /// Bearer token that unlocks /admin/status and /admin/purge.
     #[arg(long)]
     pub admin_token: Option<String>,
@@ -304,6 +457,35 @@ impl ServeArgs {
         if let Some(v) = &self.name {
             set("name", toml::Value::String(v.clone()));
         }
+        if !self.token_keys.is_empty() {
+            let mut keys = Vec::with_capacity(self.token_keys.len());
+            for k in &self.token_keys {
+                let (id, secret) = k
+                    .split_once('=')
+                    .ok_or_else(|| EdgeError::Config(format!("--token-key {k:?}: expected ID=SECRET")))?;
+                let mut t = toml::Table::new();
+                t.insert("id".into(), toml::Value::String(id.to_owned()));
+                t.insert("secret".into(), toml::Value::String(secret.to_owned()));
+                keys.push(toml::Value::Table(t));
+            }
+            set("token_keys", toml::Value::Array(keys));
+        }
+        for (k, v) in [
+            ("steering", &self.steering),
+            ("heartbeat_token", &self.heartbeat_token),
+            ("site", &self.site),
+            ("public_url", &self.public_url),
+        ] {
+            if let Some(v) = v {
+                set(k, toml::Value::String(v.clone()));
+            }
+        }
+        if let Some(v) = self.heartbeat_interval_ms {
+            set(
+                "heartbeat_interval_ms",
+                int(v).map_err(|_| EdgeError::Config("--heartbeat-interval-ms is too large".into()))?,
+            );
+        }
         if let Some(v) = &self.request_log {
             set("request_log", path(v));
         }
@@ -315,6 +497,12 @@ impl ServeArgs {
         }
         if let Some(v) = &self.prefill {
             set("prefill_plan", path(v));
+        }
+        if let Some(v) = &self.prefill_window {
+            set("prefill_window", toml::Value::String(v.clone()));
+        }
+        if let Some(v) = self.prefill_rate_bps {
+            set("prefill_rate_bps", int(v).map_err(|_| EdgeError::Config("--prefill-rate-bps is too large".into()))?);
         }
         if let Some(v) = &self.admin_token {
             set("admin_token", toml::Value::String(v.clone()));
@@ -370,6 +558,57 @@ mod tests {
                 ServeArgs { upstream: vec!["http://a:1".into(), bad.into()], ram_bytes: Some(1), ..Default::default() };
             assert!(args.merge(None).is_err(), "fallback {bad} accepted");
         }
+    }
+
+    #[test]
+    fn token_keys_come_from_the_file_the_flags_and_the_old_single_key() {
+        let file = "upstream = \"http://a:1\"\nram_bytes = 5\ntoken_secret = \"old\"\n\
+                    [[token_keys]]\nid = \"k2\"\nsecret = \"new\"\n";
+        let cfg = ServeArgs::default().merge(Some(file)).unwrap();
+        let ids: Vec<String> = cfg.token_key_list().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids, ["k1", "k2"]);
+        let args = ServeArgs {
+            upstream: vec!["http://a:1".into()],
+            ram_bytes: Some(1),
+            token_keys: vec!["k3=s3".into(), "k4=s=4".into()],
+            ..Default::default()
+        };
+        let ids: Vec<String> = args.merge(None).unwrap().token_key_list().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids, ["k3", "k4"]);
+        let bad = |keys: &[&str]| {
+            let args = ServeArgs {
+                upstream: vec!["http://a:1".into()],
+                ram_bytes: Some(1),
+                token_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+                ..Default::default()
+            };
+            args.merge(None).unwrap_err().to_string()
+        };
+        assert!(bad(&["nosecret"]).contains("ID=SECRET"));
+        assert!(bad(&["k1=a", "k1=b"]).contains("twice"));
+        assert!(bad(&["k|1=a"]).contains("'|'"));
+        assert!(bad(&["k1="]).contains("secret must not be empty"));
+    }
+
+    #[test]
+    fn steering_settings_are_checked() {
+        let args = ServeArgs {
+            upstream: vec!["http://a:1".into()],
+            ram_bytes: Some(1),
+            steering: Some("http://steer:8090/".into()),
+            site: Some("isp-a".into()),
+            ..Default::default()
+        };
+        let cfg = args.merge(None).unwrap();
+        assert_eq!(cfg.steering_base(), Some("http://steer:8090"));
+        assert_eq!(cfg.heartbeat_interval_ms, 1000);
+        for (steering, public) in [("steer:1", "http://e:1"), ("http://s:1", "ftp://e"), ("http://s:1/x", "http://e:1")]
+        {
+            let a = ServeArgs { steering: Some(steering.into()), public_url: Some(public.into()), ..args.clone() };
+            assert!(a.merge(None).is_err(), "{steering} {public} accepted");
+        }
+        let zero = ServeArgs { heartbeat_interval_ms: Some(0), ..args };
+        assert!(zero.merge(None).unwrap_err().to_string().contains("heartbeat_interval_ms"));
     }
 
     #[test]

@@ -317,6 +317,27 @@ impl DiskTier {
         Ok(true)
     }
 
+    /// Unpins every pinned object for which `unplanned` is true (a new fill
+    /// plan no longer lists it): it stays cached, but eviction may now take it
+    /// when space is needed. Returns how many were unpinned.
+    pub fn unpin_where(&self, mut unplanned: impl FnMut(&ObjectKey) -> bool) -> Result<u64, EdgeError> {
+        let mut st = self.lock();
+        let keys: Vec<ObjectKey> =
+            st.index.iter().filter(|(k, slot)| slot.pinned && unplanned(k)).map(|(k, _)| k.clone()).collect();
+        for key in &keys {
+            let (Some(slot), Some(m)) = (st.index.slot(key), st.meta.get(key)) else { continue };
+            let rec = Record::add(key, &slot, m.crc, &m.etag, false);
+            st.index.set_pinned(key, false);
+            self.journal(&mut st, &rec)?;
+        }
+        Ok(keys.len() as u64)
+    }
+
+    /// Whether `key` is held (no read, no CRC check, no counters).
+    pub fn holds(&self, key: &ObjectKey) -> bool {
+        self.lock().index.slot(key).is_some()
+    }
+
     /// Drops `key`; returns whether it was held.
     pub fn remove(&self, key: &ObjectKey) -> bool {
         let mut st = self.lock();
@@ -325,6 +346,11 @@ impl DiskTier {
             Self::forget(&mut st, key);
         }
         held
+    }
+
+    /// Titles with at least one object on the tier.
+    pub fn titles(&self) -> std::collections::BTreeSet<vod::TitleId> {
+        self.lock().index.iter().map(|(k, _)| k.title().clone()).collect()
     }
 
     /// Drops every object of `title`; returns how many.

@@ -295,6 +295,16 @@ impl Filler {
         self.inner.disk.as_deref()
     }
 
+    /// The object if the RAM or disk tier holds it; never fetches.
+    pub fn cached(&self, key: &ObjectKey) -> Option<CachedObject> {
+        self.inner.ram.get(key).or_else(|| self.inner.disk_hit(key))
+    }
+
+    /// A shared handle on the disk tier (prefill writes from blocking tasks).
+    pub fn disk_handle(&self) -> Option<Arc<DiskTier>> {
+        self.inner.disk.clone()
+    }
+
     /// The RAM tier this filler stores into.
     pub fn ram(&self) -> &MemoryTier<ObjectKey, CachedObject> {
         &self.inner.ram

@@ -17,6 +17,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Replay a request log through the cache policy and print hit figures.
     Replay(ReplayArgs),
+    /// Sum a request log per day and send it to steering (POST /v1/popularity).
+    ReportPopularity(edge::prefill_report::ReportArgs),
 }
 
 #[tokio::main]
@@ -25,6 +27,11 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args).await,
         Command::Replay(args) => replay(args),
+        Command::ReportPopularity(args) => {
+            let days = edge::prefill_report::report_once(&args).await.context("popularity report")?;
+            eprintln!("sent {days} day(s) of popularity to {}", args.steering);
+            Ok(())
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 //! is refused there. Routes:
 //!
 //! - `/t/{token}/titles/...` — signed player traffic; the token is checked
-//!   against the key's title before the cache is touched.
+//!   against the key's title before the cache is touched. With a steering
+//!   URL configured, an HLS master playlist served here carries
+//!   `#EXT-X-CONTENT-STEERING` pointing at steering (`vod::content_steering`).
 //! - `/titles/...` — unsigned fill traffic between edges and the origin.
 //! - `/health`, `/metrics`.
 //!
@@ -13,6 +15,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -86,6 +89,12 @@ pub struct EdgeState {
     pub(crate) metrics: Arc<EdgeMetrics>,
     log: Option<RequestLog>,
     pub(crate) admin_token: Option<String>,
+    /// Set by `/admin/drain`: steering is told to send no new players.
+    pub(crate) drained: AtomicBool,
+    /// Progress of the current prefill run.
+    pub(crate) prefill: Arc<crate::prefill::PrefillProgress>,
+    /// Steering's base URL, for the content-steering tag of master playlists.
+    steering: Option<String>,
 }
 
 impl EdgeState {
@@ -116,12 +125,18 @@ impl EdgeState {
             None => None,
         };
         let filler = Filler::new(upstream, ram, disk, Arc::clone(&metrics), config.manifest_ttl());
-        let keys = config
-            .token_secret
-            .as_ref()
-            .map(|s| vec![TokenKey::new(config.token_key_id.clone(), s.as_bytes().to_vec())])
-            .unwrap_or_default();
-        Ok(Self { name: config.name.clone(), keys, filler, metrics, log, admin_token: config.admin_token.clone() })
+        let keys: Vec<TokenKey> = config.token_key_list();
+        Ok(Self {
+            name: config.name.clone(),
+            keys,
+            filler,
+            metrics,
+            log,
+            admin_token: config.admin_token.clone(),
+            drained: AtomicBool::new(false),
+            prefill: Default::default(),
+            steering: config.steering_base().map(str::to_owned),
+        })
     }
 }
 
@@ -181,6 +196,13 @@ async fn serve_object(
     if let Some(token) = token {
         verify(&state.keys, token, key.title(), now_unix_s()).map_err(|e| Arc::new(e.into()))?;
     }
+    if token.is_none() && only_if_cached(headers) {
+        // A peer's prefill asks only for what this edge holds (RFC 9111 5.2.1.7): never fill for it.
+        return Ok(match state.filler.cached(&key) {
+            Some(obj) => (object_response(method, headers, &key, obj.body, &obj.etag), CacheResult::Hit),
+            None => (error_response(StatusCode::GATEWAY_TIMEOUT, "not cached here"), CacheResult::Miss),
+        });
+    }
     let (obj, source) = state.filler.get(&key).await?;
     let result = match source {
         Source::Hit => CacheResult::Hit,
@@ -191,7 +213,27 @@ async fn serve_object(
     if let Some(log) = &state.log {
         log.record(client_ip(headers, peer), key.to_string(), obj.body.len() as u64);
     }
+    if let (Some(_), Some(steering)) = (token, &state.steering) {
+        if let Some((body, etag)) = steered_master(&key, &obj.body, &obj.etag, steering) {
+            return Ok((object_response(method, headers, &key, body, &etag), result));
+        }
+    }
     Ok((object_response(method, headers, &key, obj.body, &obj.etag), result))
+}
+
+/// An HLS master playlist with content steering pointing at `steering`, and its own ETag;
+/// None for any other object (or a master that does not parse as one).
+fn steered_master(key: &ObjectKey, body: &[u8], etag: &str, steering: &str) -> Option<(bytes::Bytes, String)> {
+    let title = key.title();
+    if key.to_string() != format!("titles/{title}/hls/master.m3u8") {
+        return None;
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    let server_uri = format!("{steering}/v1/steering/{title}?format=hls");
+    let steered = vod::content_steering::steer_master_playlist(text, &server_uri)?;
+    // A different body needs a different strong ETag.
+    let etag = format!("\"{}-steered\"", etag.trim_matches('"'));
+    Some((bytes::Bytes::from(steered), etag))
 }
 
 fn failure(state: &EdgeState, e: &EdgeError, key_path: &str) -> Response<Body> {
@@ -210,9 +252,19 @@ fn metrics_response(state: &EdgeState) -> Response<Body> {
     let gauges =
         TierGauges { bytes: ram.weighted_bytes(), entries: ram.entries(), capacity_bytes: ram.capacity_bytes() };
     let disk = state.filler.disk().map(|d| DiskGauges { log: d.stats(), counters: d.counters() });
-    let mut resp = Response::new(Body::from(state.metrics.render(&state.name, gauges, disk)));
+    let mut text = state.metrics.render(&state.name, gauges, disk);
+    text.push_str(&state.prefill.render(&state.name));
+    let mut resp = Response::new(Body::from(text));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     resp
+}
+
+fn only_if_cached(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("only-if-cached")))
 }
 
 fn content_length(resp: &Response<Body>) -> u64 {
@@ -243,20 +295,79 @@ pub async fn run(
         tracing::warn!("no token_secret: every signed /t/{{token}}/ path will be refused with 403");
     }
     tracing::info!(name = %config.name, upstreams = ?config.all_upstreams(), ram_bytes = config.ram_bytes, "edge serving");
-    let prefill = match &config.prefill_plan {
-        Some(path) => {
-            let plan = crate::replay::read_plan(path)?;
-            tracing::info!(plan = %path.display(), objects = plan.objects.len(), "prefill starting");
-            let filler = state.filler.clone();
-            Some(tokio::spawn(crate::prefill::run(filler, plan, config.prefill_rate_bytes_per_s)))
+    let prefill = config.prefill_plan.clone().map(|location| {
+        let settings = crate::prefill::PrefillSettings {
+            rate_bps: config.prefill_rate_bps.or(config.prefill_rate_bytes_per_s.map(|b| b.saturating_mul(8))),
+            window: config.prefill_window.as_deref().and_then(|w| crate::prefill::PrefillWindow::parse(w).ok()),
+            ..Default::default()
+        };
+        let (filler, progress) = (state.filler.clone(), Arc::clone(&state.prefill));
+        tokio::spawn(async move {
+            // Loaded here, not before serving: an unreachable plan source must not keep the edge down.
+            match crate::prefill::load_plan(&location).await {
+                Ok(plan) => {
+                    tracing::info!(plan = %location.display(), objects = plan.plan.objects.len(), "prefill starting");
+                    crate::prefill::run(filler, plan, settings, progress).await;
+                }
+                Err(e) => tracing::warn!(plan = %location.display(), error = %e, "prefill: no plan"),
+            }
+        })
+    });
+    let public_url = match &config.public_url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let addr = listener.local_addr().map_err(|e| EdgeError::io("reading the listen address", e))?;
+            if addr.ip().is_unspecified() && config.steering.is_some() {
+                return Err(EdgeError::Config(format!(
+                    "listening on {addr}: set public_url (--public-url) so steering can send players here"
+                )));
+            }
+            format!("http://{addr}")
         }
-        None => None,
+    };
+    let listener = CappedListener::new(listener, config.max_connections);
+    let (stop_hb_tx, stop_hb_rx) = tokio::sync::oneshot::channel::<()>();
+    let heartbeats = config.steering_base().map(|steering| {
+        let settings = crate::heartbeat::HeartbeatSettings {
+            endpoint: format!("{steering}/v1/heartbeat"),
+            token: config.heartbeat_token.clone(),
+            interval: std::time::Duration::from_millis(config.heartbeat_interval_ms),
+            public_url,
+            site: config.site.clone(),
+            max_load_bps: config.max_load_bps.unwrap_or(0),
+        };
+        tracing::info!(steering, every_ms = config.heartbeat_interval_ms, "heartbeats on");
+        crate::heartbeat::spawn(Arc::clone(&state), settings, listener.gauge(), stop_hb_rx)
+    });
+    // Daily popularity for steering's forecasts, summed from the request log.
+    let reporter = match (config.steering_base(), &config.request_log) {
+        (Some(steering), Some(log)) => Some(crate::prefill_report::spawn(crate::prefill_report::ReporterSettings {
+            log: log.clone(),
+            steering: steering.to_owned(),
+            token: config.heartbeat_token.clone(),
+            edge: config.name.clone(),
+            site: config.site.clone(),
+            interval: crate::prefill_report::REPORT_INTERVAL,
+        })),
+        _ => None,
     };
     let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
-    let listener = CappedListener::new(listener, config.max_connections);
     // Graceful shutdown waits for open connections, so when `serve` returns no
-    // request holds the log's sender any more and the writer can drain.
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    // request holds the log's sender any more and the writer can drain. The
+    // heartbeats stop first, with a last one saying drained.
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_hb_tx.send(());
+        })
+        .await;
+    if let Some(task) = heartbeats {
+        let _ = task.await;
+    }
+    if let Some(task) = reporter {
+        task.abort();
+        let _ = task.await;
+    }
     if let Some(task) = prefill {
         // What is on disk stays; the next start resumes the plan.
         task.abort();

@@ -77,6 +77,9 @@ pub struct Config {
     /// How often the coverage file's mtime is checked for a reload.
     #[serde(default = "default_coverage_reload")]
     pub coverage_reload_ms: u64,
+    /// Directory where edges' daily popularity reports are kept (survives restarts); unset: memory only.
+    #[serde(default)]
+    pub popularity_dir: Option<PathBuf>,
     /// The edges steering may send players to.
     #[serde(default)]
     pub edges: Vec<EdgeConfig>,

@@ -11,17 +11,24 @@
 //! - [`content_steering`]: HLS/DASH content-steering manifests and the
 //!   master-playlist / MPD rewrites that point players at them.
 //! - [`server`]: `GET /v1/play/{title}`, `GET /v1/redirect/{title}/{path}`,
-//!   `GET /v1/steering/{title}`, `POST /v1/heartbeat`, `GET /v1/edges`,
+//!   `GET /v1/steering/{title}`, `GET /v1/dash/{title}/manifest.mpd` (the
+//!   MPD with content steering), `POST /v1/heartbeat`, `GET /v1/edges`,
 //!   `GET /health`.
-//! - [`fill`]: fill plans from request logs (`steering fill-plan`).
+//! - [`fill`]: fill plans from request logs (`steering fill-plan`), per edge
+//!   or per site with rendezvous placement; [`forecast`]: tomorrow's demand
+//!   from a site's daily history plus launch hints.
 
+#[doc(hidden)]
+pub mod bench;
 pub mod client_ip;
 pub mod config;
 pub mod content_steering;
 pub mod coverage;
 pub mod decide;
 pub mod fill;
+pub mod forecast;
 pub mod health;
+pub mod popularity;
 pub mod rank;
 pub mod registry;
 pub mod server;
@@ -44,6 +51,8 @@ pub enum Error {
     Coverage(#[from] coverage::CoverageError),
     #[error("building the health-probe HTTP client: {0}")]
     ProbeClient(#[from] reqwest::Error),
+    #[error(transparent)]
+    Popularity(#[from] popularity::PopularityError),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
     #[error("health prober task failed: {0}")]

@@ -1,5 +1,6 @@
-//! `steering serve --config FILE [--listen ADDR]` and
-//! `steering fill-plan --log DAY.csv --edge-bytes N`.
+//! `steering serve --config FILE [--listen ADDR]`,
+//! `steering fill-plan --log DAY.csv --edge-bytes N` and
+//! `steering fill-plan --history DIR --site S --edges a:BYTES,b:BYTES`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,6 +9,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use steering::Config;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(about = "Steering: sends players to healthy edges near them; computes edge fill plans")]
@@ -27,15 +31,125 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
-    /// Print the fill plan (JSON) for an edge from one day's request log.
-    FillPlan {
-        /// Request log CSV (`ts_ms,client_ip,key,bytes`).
-        #[arg(long)]
-        log: PathBuf,
-        /// The edge's disk capacity in bytes.
-        #[arg(long)]
-        edge_bytes: u64,
+    /// Print the fill plan (JSON) for an edge from one day's request log, or
+    /// (with --history) every edge's plan for a site from its daily history.
+    FillPlan(FillPlanArgs),
+    /// Micro-benchmark of coverage lookup + decision: prints per-call latency percentiles (JSON).
+    #[command(hide = true)]
+    BenchDecide {
+        #[arg(long, default_value_t = 1000)]
+        edges: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        prefixes: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        decisions: usize,
     },
+}
+
+fn bench_decide(edges: usize, prefixes: usize, decisions: usize) -> Result<()> {
+    if edges == 0 || prefixes == 0 || decisions == 0 {
+        anyhow::bail!("--edges, --prefixes and --decisions must be above 0");
+    }
+    let built = std::time::Instant::now();
+    let world = steering::bench::world(edges, prefixes);
+    eprintln!("built {edges} edges and {} prefixes in {:.1?}", world.coverage.len(), built.elapsed());
+    // Warm caches and the branch predictor before timing.
+    let _ = steering::bench::measure(&world, decisions.min(50_000));
+    let report = steering::bench::measure(&world, decisions);
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+#[derive(clap::Args)]
+struct FillPlanArgs {
+    /// Request log CSV (`ts_ms,client_ip,key,bytes`): plan one edge from that day.
+    #[arg(long, required_unless_present = "history", conflicts_with = "history")]
+    log: Option<PathBuf>,
+    /// The edge's disk capacity in bytes (with --log).
+    #[arg(long, required_unless_present = "history")]
+    edge_bytes: Option<u64>,
+    /// A site's history: request logs (*.csv, split by UTC day) and daily aggregates (*.json).
+    #[arg(long, requires = "edges")]
+    history: Option<PathBuf>,
+    /// The site's name (a subdirectory of --history of that name is used when it exists).
+    #[arg(long, default_value = "site")]
+    site: String,
+    /// The site's edges: NAME:BYTES[@URL], comma separated.
+    #[arg(long, value_delimiter = ',')]
+    edges: Vec<String>,
+    /// Forecast method: last-day, decayed[:HALF_LIFE_DAYS] or profile[:HALF_LIFE_DAYS] (the best in
+    /// `cargo xtask bench cache`'s backtests).
+    #[arg(long, default_value = "profile:0.5")]
+    forecast: String,
+    /// Launch hints JSON: [{"title", "expected_share", "objects": [{"key", "bytes"}]}].
+    #[arg(long)]
+    hints: Option<PathBuf>,
+    /// Other sites' history directories: titles rising fast there are planned here too.
+    #[arg(long, value_delimiter = ',')]
+    other_sites: Vec<PathBuf>,
+    /// The day to plan (UTC days since the epoch); default the day after the history.
+    #[arg(long)]
+    day: Option<u32>,
+    /// Share of each edge's capacity to plan (the rest is left for misses).
+    #[arg(long, default_value_t = 0.9)]
+    fill_fraction: f64,
+    /// The hottest objects, up to this share of the site's capacity, go on two edges.
+    #[arg(long, default_value_t = 0.05)]
+    hot_fraction: f64,
+}
+
+fn fill_plan(args: FillPlanArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if let Some(log) = &args.log {
+        let edge_bytes = args.edge_bytes.context("--edge-bytes is required with --log")?;
+        let plan = steering::fill::plan_from_log_file(log, edge_bytes)
+            .with_context(|| format!("fill plan from {}", log.display()))?;
+        serde_json::to_writer_pretty(&mut out, &plan).context("writing the plan")?;
+        writeln!(out).context("writing the plan")?;
+        return Ok(());
+    }
+    let dir = args.history.as_deref().context("--log or --history is required")?;
+    let site_dir = dir.join(&args.site);
+    let dir = if site_dir.is_dir() { site_dir } else { dir.to_owned() };
+    let method = steering::forecast::Method::parse(&args.forecast).map_err(anyhow::Error::msg)?;
+    let edges = args
+        .edges
+        .iter()
+        .map(|e| steering::fill::EdgeSlot::parse(e))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    if edges.is_empty() {
+        anyhow::bail!("--edges names no edge");
+    }
+    if !(0.0..=1.0).contains(&args.fill_fraction) || !(0.0..=1.0).contains(&args.hot_fraction) {
+        anyhow::bail!("--fill-fraction and --hot-fraction must be between 0 and 1");
+    }
+    let history =
+        steering::fill::read_history_dir(&dir).with_context(|| format!("reading history {}", dir.display()))?;
+    let Some(last) = history.iter().map(|d| d.day).max() else {
+        anyhow::bail!("{}: no request logs (*.csv) or daily aggregates (*.json) with any rows", dir.display());
+    };
+    let hints = match &args.hints {
+        Some(p) => steering::fill::read_hints(p).with_context(|| format!("hints {}", p.display()))?,
+        None => Vec::new(),
+    };
+    let others = args
+        .other_sites
+        .iter()
+        .map(|d| steering::fill::read_history_dir(d).with_context(|| format!("reading history {}", d.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let rising = steering::forecast::rising_elsewhere(&others, 2.0);
+    let target = args.day.unwrap_or(last + 1);
+    let forecast = steering::forecast::forecast_site(&history, target, method, &hints, &rising);
+    let placement = steering::fill::Placement {
+        fill_fraction: args.fill_fraction,
+        hot_fraction: args.hot_fraction,
+        ..Default::default()
+    };
+    let site = steering::fill::plan_site(&args.site, &method.label(), forecast, &edges, placement);
+    serde_json::to_writer_pretty(&mut out, &site).context("writing the plan")?;
+    writeln!(out).context("writing the plan")?;
+    Ok(())
 }
 
 #[tokio::main]
@@ -52,13 +166,7 @@ async fn main() -> Result<()> {
             eprintln!("steering listening on {}", listener.local_addr()?);
             steering::run(cfg, listener, svc::shutdown_signal()).await.context("steering server")
         }
-        Command::FillPlan { log, edge_bytes } => {
-            let plan = steering::fill::plan_from_log_file(&log, edge_bytes)
-                .with_context(|| format!("fill plan from {}", log.display()))?;
-            let mut out = std::io::stdout().lock();
-            serde_json::to_writer_pretty(&mut out, &plan).context("writing the plan")?;
-            writeln!(out).context("writing the plan")?;
-            Ok(())
-        }
+        Command::FillPlan(args) => fill_plan(args),
+        Command::BenchDecide { edges, prefixes, decisions } => bench_decide(edges, prefixes, decisions),
     }
 }

@@ -1,10 +1,19 @@
 //! The steering HTTP service: `/v1/play`, `/v1/redirect`, `/v1/steering`,
-//! `/v1/heartbeat`, `/v1/edges`, `/health`.
+//! `/v1/dash`, `/v1/heartbeat`, `/v1/edges`, `/health`.
+//!
+//! Content steering reaches real players this way. HLS: the redirect sends the
+//! player to an edge's signed master playlist, which the edge rewrites to carry
+//! `#EXT-X-CONTENT-STEERING` pointing at `/v1/steering/{title}`. DASH: the
+//! redirect for `dash/manifest.mpd` sends the player to `/v1/dash/{title}/manifest.mpd`
+//! here, which serves the title's MPD (fetched from an edge or the origin,
+//! cached briefly) with `<ContentSteering>` and one signed `<BaseURL>` per
+//! ranked edge.
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -24,7 +33,7 @@ use vod::{ObjectKey, TitleId};
 
 use crate::client_ip::{client_ip, Forwarding};
 use crate::config::{Config, Edge};
-use crate::content_steering::{is_pathway_id, steering_manifest, Pathway};
+use crate::content_steering::{is_pathway_id, master_uris, steer_mpd, steering_manifest, MasterUris, Pathway};
 use crate::coverage::{self, CoverageMap};
 use crate::decide::{decide, Policy, Target};
 use crate::health::{self, EdgeHealth, ProbeSettings};
@@ -46,7 +55,19 @@ struct AppState {
     origin: Option<String>,
     heartbeat_token: Option<String>,
     steering_ttl_s: u64,
+    /// Fetches MPDs for `/v1/dash` and master playlists for steering manifests.
+    http: reqwest::Client,
+    /// Manifest text per (title, path) and when it was fetched (Unix ms).
+    manifests: Mutex<ManifestCache>,
 }
+
+/// Manifest text by (title, path under the title), with when it was fetched (Unix ms).
+type ManifestCache = HashMap<(TitleId, &'static str), (u64, Arc<str>)>;
+
+/// How long a fetched manifest is reused (VOD manifests change only on republish).
+const MANIFEST_CACHE_MS: u64 = 10_000;
+/// Largest manifest accepted from upstream.
+const MANIFEST_MAX_BYTES: usize = 4 << 20;
 
 /// An error answered as `{"error": "..."}`.
 #[derive(Debug)]
@@ -89,6 +110,11 @@ struct Resolved {
 impl AppState {
     /// Ranks where the client at `ip` should fetch `title`; 503 when nowhere.
     fn choose(&self, title: &TitleId, ip: IpAddr) -> Result<Vec<Resolved>, ApiError> {
+        self.choose_n(title, ip, usize::MAX)
+    }
+
+    /// The best `n` of [`Self::choose`]: a redirect resolves only the first.
+    fn choose_n(&self, title: &TitleId, ip: IpAddr, n: usize) -> Result<Vec<Resolved>, ApiError> {
         let client = self.coverage.borrow().lookup(ip);
         let now = health::unix_now_ms();
         let reg = self.registry.borrow();
@@ -114,6 +140,7 @@ impl AppState {
                     signed: false,
                 }),
             })
+            .take(n)
             .collect();
         drop(reg);
         tracing::debug!(%title, %ip, site = ?client.as_ref().map(|c| &c.site), candidates = resolved.len(), "decided");
@@ -179,14 +206,27 @@ async fn play(
 async fn redirect(
     State(s): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
+    // The request itself, not a `HeaderMap` extractor: that one copies every header.
+    req: Request,
 ) -> Result<Response, ApiError> {
     let Path((raw_title, rest)) = path.map_err(|e| ApiError::bad_request(format!("bad path: {e}")))?;
     let title = TitleId::new(raw_title).map_err(|e| ApiError::bad_request(format!("bad title id: {e}")))?;
     let key = ObjectKey::parse(&format!("titles/{title}/{rest}"))
         .map_err(|e| ApiError::bad_request(format!("bad object path {rest:?}: {e}")))?;
-    let ranked = s.choose(&title, s.client(peer, &headers))?;
+    let ranked = s.choose_n(&title, s.client(peer, req.headers()), 1)?;
+    // DASH players get the steered MPD from here (one BaseURL per ranked edge).
+    if rest == "dash/manifest.mpd" {
+        let location = HeaderValue::from_str(&format!("/v1/dash/{title}/manifest.mpd")).map_err(|_| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "MPD URL is not a valid header value".to_owned(),
+        })?;
+        return Ok((
+            StatusCode::FOUND,
+            [(header::LOCATION, location), (header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        )
+            .into_response());
+    }
     let location = s.url(&ranked[0], &s.token(&title), &key.to_string());
     let location = HeaderValue::from_str(&location).map_err(|_| ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
@@ -213,14 +253,9 @@ struct SteeringQuery {
     dash_throughput: Option<String>,
 }
 
-/// `host[:port]` of a base URL.
+/// The host name (no port) of a base URL.
 fn host_of(base: &str) -> Option<String> {
-    let url = reqwest::Url::parse(base).ok()?;
-    let host = url.host_str()?;
-    Some(match url.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.to_owned(),
-    })
+    reqwest::Url::parse(base).ok()?.host_str().map(str::to_owned)
 }
 
 /// The content-steering manifest: one pathway per candidate edge, re-decided on every poll.
@@ -235,10 +270,43 @@ async fn steering(
     let Query(q) = query.map_err(|_| ApiError::bad_request("format must be hls or dash"))?;
     let format = q.format.unwrap_or(Format::Hls);
     let ranked = s.choose(&title, s.client(peer, &headers))?;
+    if !ranked.iter().any(|r| r.signed && is_pathway_id(&r.edge)) {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "no healthy edge available".to_owned(),
+        });
+    }
+    // HLS clones carry whole per-variant URIs (a HOST replacement cannot change the port):
+    // read the variant and rendition playlists from the title's master playlist. Without it
+    // the clones still replace the host, which is enough for edges on one port.
+    let uris = match format {
+        Format::Hls => match s.manifest_text(&title, "hls/master.m3u8", &ranked).await {
+            Ok(master) => master_uris(&master).unwrap_or_else(|| {
+                tracing::warn!(%title, "upstream master playlist is not a master playlist");
+                MasterUris::default()
+            }),
+            Err(e) => {
+                tracing::warn!(%title, error = %e.message, "no master playlist for per-variant pathway URIs");
+                MasterUris::default()
+            }
+        },
+        Format::Dash => MasterUris::default(),
+    };
+    let token = s.token(&title);
+    let absolute = |r: &Resolved, list: &[(String, String)]| -> BTreeMap<String, String> {
+        list.iter().map(|(id, uri)| (id.clone(), s.url(r, &token, &format!("titles/{title}/hls/{uri}")))).collect()
+    };
     let pathways: Vec<Pathway> = ranked
         .iter()
         .filter(|r| r.signed && is_pathway_id(&r.edge))
-        .filter_map(|r| Some(Pathway { id: r.edge.clone(), host: host_of(&r.base)? }))
+        .filter_map(|r| {
+            Some(Pathway {
+                id: r.edge.clone(),
+                host: host_of(&r.base)?,
+                variants: absolute(r, &uris.variants),
+                renditions: absolute(r, &uris.renditions),
+            })
+        })
         .collect();
     if pathways.is_empty() {
         return Err(ApiError {
@@ -258,6 +326,98 @@ async fn steering(
     let reload = format!("/v1/steering/{title}?format={fmt}");
     let manifest = steering_manifest(format, s.steering_ttl_s, reload, &pathways);
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(manifest)).into_response())
+}
+
+impl AppState {
+    /// The title's manifest `rest` (`dash/manifest.mpd` or `hls/master.m3u8`): from the cache,
+    /// else from the first ranked edge (unsigned fill path) or the origin that answers.
+    async fn manifest_text(
+        &self,
+        title: &TitleId,
+        rest: &'static str,
+        ranked: &[Resolved],
+    ) -> Result<Arc<str>, ApiError> {
+        let now = health::unix_now_ms();
+        let cache_key = (title.clone(), rest);
+        if let Ok(cache) = self.manifests.lock() {
+            if let Some((at, text)) = cache.get(&cache_key) {
+                if now.saturating_sub(*at) < MANIFEST_CACHE_MS {
+                    return Ok(Arc::clone(text));
+                }
+            }
+        }
+        let key = format!("titles/{title}/{rest}");
+        let mut last = String::from("no edge or origin to fetch it from");
+        let sources = ranked.iter().map(|r| r.base.as_str()).chain(self.origin.as_deref());
+        for base in sources {
+            let url = format!("{base}/{key}");
+            match fetch_text(&self.http, &url).await {
+                Ok(text) => {
+                    let text: Arc<str> = Arc::from(text);
+                    if let Ok(mut cache) = self.manifests.lock() {
+                        // Bounded: titles are few, but do not let a scan of ids grow it forever.
+                        if cache.len() > 10_000 {
+                            cache.clear();
+                        }
+                        cache.insert(cache_key, (now, Arc::clone(&text)));
+                    }
+                    return Ok(text);
+                }
+                Err(e) => {
+                    tracing::debug!(%url, error = %e, "manifest fetch failed, trying the next source");
+                    last = format!("{url}: {e}");
+                }
+            }
+        }
+        Err(ApiError { status: StatusCode::BAD_GATEWAY, message: format!("could not fetch {rest}; last: {last}") })
+    }
+}
+
+async fn fetch_text(client: &reqwest::Client, url: &str) -> Result<String, String> {
+    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err("not found".to_owned());
+    }
+    if !status.is_success() {
+        return Err(format!("HTTP {status}"));
+    }
+    if resp.content_length().is_some_and(|n| n > MANIFEST_MAX_BYTES as u64) {
+        return Err("manifest too large".to_owned());
+    }
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    if body.len() > MANIFEST_MAX_BYTES {
+        return Err("manifest too large".to_owned());
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| "manifest is not UTF-8".to_owned())
+}
+
+/// `GET /v1/dash/{title}/manifest.mpd`: the title's MPD with `<ContentSteering>` and one signed
+/// `<BaseURL>` per ranked candidate, so DASH players can move between edges mid-stream.
+async fn dash_mpd(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let title = parse_title(path)?;
+    let ranked = s.choose(&title, s.client(peer, &headers))?;
+    let mpd = s.manifest_text(&title, "dash/manifest.mpd", &ranked).await?;
+    let token = s.token(&title);
+    let dir = format!("titles/{title}/dash/");
+    let locations: Vec<(String, String)> =
+        ranked.iter().filter(|r| is_pathway_id(&r.edge)).map(|r| (r.edge.clone(), s.url(r, &token, &dir))).collect();
+    // Absolute, so the player can poll it whatever its base URL handling.
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.contains(['/', '"', '<']));
+    let server_uri = match host {
+        Some(h) => format!("http://{h}/v1/steering/{title}?format=dash"),
+        None => format!("/v1/steering/{title}?format=dash"),
+    };
+    let body = steer_mpd(&mpd, &server_uri, &locations).ok_or_else(|| ApiError {
+        status: StatusCode::BAD_GATEWAY,
+        message: "upstream MPD has no <MPD> element".to_owned(),
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/dash+xml"), (header::CACHE_CONTROL, "no-store")], body).into_response())
 }
 
 /// Compares secrets without leaking where they differ through timing.
@@ -411,6 +571,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/play/{title}", get(play))
         .route("/v1/redirect/{title}/{*path}", get(redirect))
         .route("/v1/steering/{title}", get(steering))
+        .route("/v1/dash/{title}/manifest.mpd", get(dash_mpd))
         // A heartbeat lists every title an edge holds: allow big ones.
         .route("/v1/heartbeat", post(heartbeat).layer(DefaultBodyLimit::max(HEARTBEAT_MAX_BYTES)))
         .route("/v1/edges", get(edges))
@@ -502,6 +663,11 @@ pub async fn run(
             stop_cov_rx,
         )
     });
+    let popularity = match &config.popularity_dir {
+        Some(dir) => crate::popularity::PopularityStore::open(dir, crate::popularity::DEFAULT_DAYS_KEPT)?,
+        None => crate::popularity::PopularityStore::in_memory(crate::popularity::DEFAULT_DAYS_KEPT),
+    };
+    let popularity = crate::popularity::router(popularity, registry_tx.subscribe(), config.heartbeat_token.clone());
     let origin = config.origin_base();
     let state = Arc::new(AppState {
         registry: registry_tx,
@@ -519,10 +685,21 @@ pub async fn run(
         origin,
         heartbeat_token: config.heartbeat_token.clone(),
         steering_ttl_s: config.steering_ttl_s,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .map_err(Error::ProbeClient)?,
+        manifests: Mutex::new(HashMap::new()),
     });
     // Whether serving ends by the signal or by an error, the stop senders are sent or
     // dropped, and either ends the background tasks.
-    let served = axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+    let app = router(state).merge(popularity);
+    // Answers are one small write each: send them at once rather than behind Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_probe_tx.send(());
@@ -548,8 +725,9 @@ mod tests {
     }
 
     #[test]
-    fn host_keeps_the_port() {
-        assert_eq!(host_of("http://127.0.0.1:4567").as_deref(), Some("127.0.0.1:4567"));
+    fn host_is_the_name_without_the_port() {
+        // HLS players set it as the URL's hostname, where a port is ignored.
+        assert_eq!(host_of("http://127.0.0.1:4567").as_deref(), Some("127.0.0.1"));
         assert_eq!(host_of("https://edge.example").as_deref(), Some("edge.example"));
     }
 }

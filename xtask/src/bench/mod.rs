@@ -9,9 +9,12 @@ use serde_json::{json, Value};
 use crate::env;
 
 mod abr;
+mod cache;
 mod edge;
 mod encode;
+mod encode_fleet;
 mod origin;
+mod steering;
 
 /// One benchmark's result.
 pub struct BenchResult {
@@ -26,7 +29,7 @@ pub struct BenchResult {
 }
 
 /// Benchmarks by name.
-const BENCHES: &[&str] = &["abr", "edge", "encode", "origin"];
+const BENCHES: &[&str] = &["abr", "cache", "edge", "encode", "origin", "steering"];
 
 /// Runs the benchmark `name` and writes its JSON.
 pub fn run(name: Option<&str>) -> Result<()> {
@@ -35,9 +38,11 @@ pub fn run(name: Option<&str>) -> Result<()> {
     };
     let result = match name {
         "abr" => abr::run()?,
+        "cache" => cache::run()?,
         "edge" => edge::run()?,
         "encode" => encode::run()?,
         "origin" => origin::run()?,
+        "steering" => steering::run()?,
         _ => bail!("unknown benchmark {name:?} (known: {})", BENCHES.join(", ")),
     };
     write(&result)
