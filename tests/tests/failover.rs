@@ -340,14 +340,15 @@ fn players_get_content_steering_for_hls_and_dash() {
         .unwrap();
     let clones = manifest["PATHWAY-CLONES"].as_array().unwrap();
     assert_eq!(clones.len(), 2, "{manifest}");
-    // Every pathway clone's URIs (host replaced) are served by that edge with the same token.
+    // Every pathway clone names each variant of the master (by its STABLE-VARIANT-ID) with a
+    // whole URI on that edge, served by that edge with the same token.
     let variant = master.lines().find(|l| !l.is_empty() && !l.starts_with('#')).unwrap();
+    let stable = variant.trim_end_matches(".m3u8");
+    assert!(master.contains(&format!("STABLE-VARIANT-ID=\"{stable}\"")), "{master}");
     for clone in clones {
-        let mut cloned = reqwest::Url::parse(&master_url).unwrap().join(variant).unwrap();
-        let (h, p) = clone["URI-REPLACEMENT"]["HOST"].as_str().unwrap().split_once(':').unwrap();
-        cloned.set_host(Some(h)).unwrap();
-        cloned.set_port(Some(p.parse().unwrap())).unwrap();
-        let media = http().get(cloned.as_str()).send().unwrap();
+        let cloned = clone["URI-REPLACEMENT"]["PER-VARIANT-URIS"][stable].as_str().unwrap_or_else(|| panic!("{clone}"));
+        assert!(cloned.ends_with(&format!("/titles/clip/hls/{variant}")), "{cloned}");
+        let media = http().get(cloned).send().unwrap();
         assert_eq!(media.status(), 200, "{cloned}");
         assert_eq!(media.headers()["x-served-by"], clone["ID"].as_str().unwrap());
     }
