@@ -220,3 +220,48 @@ pub fn generate_clip_with(
     }
     Ok(())
 }
+
+/// Generates a `seconds` long `width`x`height` clip under `work` and publishes it as
+/// `title` into the directory store `store` with `encoder encode` (`segment_seconds`
+/// long segments). The error carries the encoder's output.
+pub fn encode_generated(
+    work: &Path,
+    store: &Path,
+    title: &str,
+    (seconds, width, height): (u32, u32, u32),
+    segment_seconds: u32,
+) -> Result<(), StartError> {
+    let clip = work.join(format!("{title}-source.mp4"));
+    generate_clip(&clip, seconds, width, height)?;
+    let args: Vec<String> = vec![
+        "encode".into(),
+        "--input".into(),
+        clip.display().to_string(),
+        "--title".into(),
+        title.into(),
+        "--store".into(),
+        store.display().to_string(),
+        "--segment-seconds".into(),
+        segment_seconds.to_string(),
+    ];
+    let (status, out, err) = run(&bin("encoder"), &args).map_err(|e| StartError(format!("running encoder: {e}")))?;
+    if !status.success() {
+        return Err(StartError(format!("encoder failed ({status}): {out}\n{err}")));
+    }
+    Ok(())
+}
+
+/// Copies the directory tree `from` into `to`.
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}

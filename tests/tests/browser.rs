@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use stack::{bin, run, Service};
+use stack::{bin, Service};
 
 const SECRET: &str = "browser-test-secret";
 const HEARTBEAT_TOKEN: &str = "browser-test-heartbeat";
@@ -66,24 +66,7 @@ fn require_tools() {
 
 /// Encodes a generated clip into `store` and returns the ladder's heights.
 fn encode(work: &Path, store: &Path) -> Vec<u64> {
-    let clip = work.join("clip.mp4");
-    stack::generate_clip(&clip, CLIP_SECONDS, 640, 360).unwrap();
-    let (status, out, err) = run(
-        &bin("encoder"),
-        &[
-            s("encode"),
-            s("--input"),
-            clip.display().to_string(),
-            s("--title"),
-            s(TITLE),
-            s("--store"),
-            store.display().to_string(),
-            s("--segment-seconds"),
-            s("2"),
-        ],
-    )
-    .unwrap();
-    assert!(status.success(), "encoder failed: {out}\n{err}");
+    stack::encode_generated(work, store, TITLE, (CLIP_SECONDS, 640, 360), 2).unwrap_or_else(|e| panic!("{e}"));
     let catalog: serde_json::Value =
         serde_json::from_slice(&std::fs::read(store.join(format!("titles/{TITLE}/catalog.json"))).unwrap()).unwrap();
     let mut heights: Vec<u64> = catalog["renditions"]
@@ -99,23 +82,10 @@ fn encode(work: &Path, store: &Path) -> Vec<u64> {
     heights
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
-
 /// Copies the published title to `name` (manifests are relative, so they work as they are).
 fn copy_title(store: &Path, name: &str) -> PathBuf {
     let to = store.join("titles").join(name);
-    copy_dir(&store.join("titles").join(TITLE), &to);
+    stack::copy_dir(&store.join("titles").join(TITLE), &to).unwrap();
     to
 }
 

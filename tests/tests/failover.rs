@@ -6,11 +6,11 @@
 //! the same disk, must get players again. Also: the content steering real
 //! players get (HLS master tag, DASH MPD with one BaseURL per edge).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stack::{bin, run, wait_until, Service};
+use stack::{bin, wait_until, Service};
 
 const SECRET: &str = "failover-secret";
 const HEARTBEAT_TOKEN: &str = "failover-heartbeats";
@@ -48,24 +48,8 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let logs = dir.path().join("logs");
-        let clip = dir.path().join("clip.mp4");
-        stack::generate_clip(&clip, seconds, 426, 240).unwrap();
-        let (status, _, err) = run(
-            &bin("encoder"),
-            &[
-                s("encode"),
-                s("--input"),
-                clip.display().to_string(),
-                s("--title"),
-                s("clip"),
-                s("--store"),
-                store.display().to_string(),
-                s("--segment-seconds"),
-                SEGMENT_SECONDS.to_string(),
-            ],
-        )
-        .unwrap();
-        assert!(status.success(), "encode failed: {err}");
+        stack::encode_generated(dir.path(), &store, "clip", (seconds, 426, 240), SEGMENT_SECONDS)
+            .unwrap_or_else(|e| panic!("{e}"));
         let origin = Service::start(
             "origin",
             &bin("origin"),
@@ -131,7 +115,7 @@ impl Stack {
 
     /// Publishes the encoded clip under another title id too (same objects, another prefix).
     fn copy_title(&self, title: &str) {
-        copy_dir(&self.store.join("titles/clip"), &self.store.join("titles").join(title));
+        stack::copy_dir(&self.store.join("titles/clip"), &self.store.join("titles").join(title)).unwrap();
     }
 
     fn edges(&self) -> serde_json::Value {
@@ -178,19 +162,6 @@ impl Stack {
 
 fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).no_proxy().build().unwrap()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Waits (bounded) for a player-sim run and parses its report; kills it at the deadline.

@@ -64,24 +64,7 @@ struct Fixture {
 fn encode_clip(title: &str, seconds: u32) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let clip = dir.path().join("clip.mp4");
-    stack::generate_clip(&clip, seconds, 640, 360).unwrap();
-    let (status, out, err) = run(
-        &bin("encoder"),
-        &[
-            s("encode"),
-            s("--input"),
-            clip.display().to_string(),
-            s("--title"),
-            s(title),
-            s("--store"),
-            store.display().to_string(),
-            s("--segment-seconds"),
-            s("2"),
-        ],
-    )
-    .unwrap();
-    assert!(status.success(), "encoder failed: {out}\n{err}");
+    stack::encode_generated(dir.path(), &store, title, (seconds, 640, 360), 2).unwrap_or_else(|e| panic!("{e}"));
     let logs = dir.path().join("logs");
     let work = dir.path().to_path_buf();
     Fixture { _dir: dir, store, logs, work }
