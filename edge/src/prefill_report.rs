@@ -8,24 +8,17 @@
 //! previous day (a later report of a day replaces the earlier one).
 //! `edge report-popularity` does the same once, e.g. from cron.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vod::log::{RequestLogRow, HEADER};
-use vod::plan::{DailyPopularity, ObjectDay};
+use vod::plan::{DailyPopularity, DayAggregator};
 
 use crate::error::EdgeError;
 
-const DAY_MS: u64 = 86_400_000;
-
 /// How often a serving edge reports.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(600);
-
-/// Requests, largest size and distinct clients of one key on one day.
-type KeyDay = (u64, u64, HashSet<IpAddr>);
 
 /// Sums a request log per UTC day. Rows that do not parse (a line being
 /// written as the log is read, say) are skipped and counted.
@@ -34,7 +27,7 @@ pub fn aggregate(
     edge: &str,
     site: Option<&str>,
 ) -> Result<(Vec<DailyPopularity>, u64), EdgeError> {
-    let mut days: BTreeMap<u32, HashMap<String, KeyDay>> = BTreeMap::new();
+    let mut days = DayAggregator::default();
     let mut skipped = 0;
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| EdgeError::io("reading the request log", e))?;
@@ -48,27 +41,9 @@ pub fn aggregate(
             skipped += 1;
             continue;
         };
-        let e = days.entry((row.ts_ms / DAY_MS) as u32).or_default().entry(row.key).or_default();
-        e.0 += 1;
-        e.1 = e.1.max(row.bytes);
-        e.2.insert(row.client_ip);
+        days.add(&row);
     }
-    let out = days
-        .into_iter()
-        .map(|(day, keys)| {
-            let mut objects: Vec<ObjectDay> = keys
-                .into_iter()
-                .map(|(key, (requests, bytes, clients))| ObjectDay {
-                    key,
-                    requests,
-                    bytes,
-                    clients: clients.len() as u64,
-                })
-                .collect();
-            objects.sort_by(|a, b| a.key.cmp(&b.key));
-            DailyPopularity { edge: edge.to_owned(), site: site.map(str::to_owned), day, objects }
-        })
-        .collect();
+    let out = days.finish(edge, site);
     Ok((out, skipped))
 }
 
@@ -188,6 +163,7 @@ pub async fn report_once(args: &ReportArgs) -> Result<usize, EdgeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vod::plan::{ObjectDay, DAY_MS};
 
     #[test]
     fn sums_per_day_and_key_with_distinct_clients_and_skips_torn_rows() {

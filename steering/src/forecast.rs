@@ -13,15 +13,13 @@
 //! before its first viewer; the same happens for a title rising fast at
 //! other sites.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
-use vod::log::RequestLogRow;
 use vod::plan::{DailyPopularity, ObjectDay, PlannedObject};
 
 /// Milliseconds in a UTC day.
-pub const DAY_MS: u64 = 86_400_000;
+pub use vod::plan::{DayAggregator, DAY_MS};
 
 /// How history becomes a forecast.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,46 +110,6 @@ pub fn key_parts(key: &str) -> Option<KeyParts<'_>> {
     };
     let segment = file.strip_suffix(".m4s").and_then(|n| n.parse().ok());
     Some(KeyParts { title, rendition, segment })
-}
-
-/// Requests, largest size and distinct clients of one key on one day.
-type KeyDay = (u64, u64, HashSet<IpAddr>);
-
-/// Groups request-log rows into UTC days, per key: requests, largest size, distinct clients.
-#[derive(Debug, Default)]
-pub struct DayAggregator {
-    by_day: BTreeMap<u32, HashMap<String, KeyDay>>,
-}
-
-impl DayAggregator {
-    /// Counts one request.
-    pub fn add(&mut self, row: &RequestLogRow) {
-        let day = (row.ts_ms / DAY_MS) as u32;
-        let e = self.by_day.entry(day).or_default().entry(row.key.clone()).or_default();
-        e.0 += 1;
-        e.1 = e.1.max(row.bytes);
-        e.2.insert(row.client_ip);
-    }
-
-    /// The days, oldest first, each labelled with `edge` and `site`.
-    pub fn finish(self, edge: &str, site: Option<&str>) -> Vec<DailyPopularity> {
-        self.by_day
-            .into_iter()
-            .map(|(day, keys)| {
-                let mut objects: Vec<ObjectDay> = keys
-                    .into_iter()
-                    .map(|(key, (requests, bytes, clients))| ObjectDay {
-                        key,
-                        requests,
-                        bytes,
-                        clients: clients.len() as u64,
-                    })
-                    .collect();
-                objects.sort_by(|a, b| a.key.cmp(&b.key));
-                DailyPopularity { edge: edge.to_owned(), site: site.map(str::to_owned), day, objects }
-            })
-            .collect()
-    }
 }
 
 /// Merges several edges' reports into one day per UTC day (requests and
@@ -601,7 +559,7 @@ mod tests {
     fn aggregates_rows_per_day_with_distinct_clients() {
         let mut agg = DayAggregator::default();
         for (ts, ip) in [(1, "10.0.0.1"), (2, "10.0.0.1"), (3, "10.0.0.2"), (DAY_MS + 1, "10.0.0.1")] {
-            agg.add(&RequestLogRow { ts_ms: ts, client_ip: ip.parse().unwrap(), key: "k".into(), bytes: 9 });
+            agg.add(&vod::log::RequestLogRow { ts_ms: ts, client_ip: ip.parse().unwrap(), key: "k".into(), bytes: 9 });
         }
         let days = agg.finish("e1", Some("s1"));
         assert_eq!(days.len(), 2);

@@ -1,5 +1,8 @@
 //! Fill plans: which objects an edge should hold before tomorrow's peak.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 
 /// One object to prefill, in priority order.
@@ -73,6 +76,49 @@ pub struct SiteFillPlan {
     /// The forecast method used (`last-day`, `decayed:H`, …).
     pub forecast: String,
     pub plans: Vec<EdgeFillPlan>,
+}
+
+/// Milliseconds in a (UTC) day.
+pub const DAY_MS: u64 = 86_400_000;
+
+/// Requests, largest size and distinct clients of one key on one day.
+type KeyDay = (u64, u64, HashSet<IpAddr>);
+
+/// Groups request-log rows into UTC days, per key: requests, largest size, distinct clients.
+#[derive(Debug, Default)]
+pub struct DayAggregator {
+    by_day: BTreeMap<u32, HashMap<String, KeyDay>>,
+}
+
+impl DayAggregator {
+    /// Counts one request.
+    pub fn add(&mut self, row: &crate::log::RequestLogRow) {
+        let day = (row.ts_ms / DAY_MS) as u32;
+        let e = self.by_day.entry(day).or_default().entry(row.key.clone()).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(row.bytes);
+        e.2.insert(row.client_ip);
+    }
+
+    /// The days, oldest first, each labelled with `edge` and `site`.
+    pub fn finish(self, edge: &str, site: Option<&str>) -> Vec<DailyPopularity> {
+        self.by_day
+            .into_iter()
+            .map(|(day, keys)| {
+                let mut objects: Vec<ObjectDay> = keys
+                    .into_iter()
+                    .map(|(key, (requests, bytes, clients))| ObjectDay {
+                        key,
+                        requests,
+                        bytes,
+                        clients: clients.len() as u64,
+                    })
+                    .collect();
+                objects.sort_by(|a, b| a.key.cmp(&b.key));
+                DailyPopularity { edge: edge.to_owned(), site: site.map(str::to_owned), day, objects }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
