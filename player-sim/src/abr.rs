@@ -24,7 +24,7 @@ pub use bba::Bba;
 pub use bolae::BolaE;
 pub use dynamic::{Dynamic, DynamicDash};
 pub use mpc::RobustMpc;
-pub use ours::{Ours, OursParams};
+pub use ours::{Ours, OursParams, Predictor};
 pub use planned::Planned;
 
 /// What an ABR rule sees when it picks the next segment's rung.

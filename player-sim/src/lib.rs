@@ -9,7 +9,8 @@
 //! programming over the known trace, simulation only). QoE per session
 //! includes the linear QoE of MPC/Pensieve (`report`). Traces: Sabre JSON,
 //! mahimahi and Pensieve logs (`load`); movies: the traces folder's format or
-//! one of our `catalog.json` files.
+//! one codec's ladder of one of our `catalog.json` files. `plot` draws CDFs
+//! per rule as SVG.
 
 pub mod abr;
 pub mod bench;
@@ -28,4 +29,4 @@ pub mod sim;
 
 pub use abr::{Abr, AbrConfig, AbrContext, AbrKind, Decision, DownloadProgress};
 pub use live::{LiveConfig, LiveReport};
-pub use sim::{simulate, simulate_all, SimConfig, SimOutcome, SimReport};
+pub use sim::{simulate, simulate_all, simulate_with, SimConfig, SimOutcome, SimReport};

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use player_sim::live::{LiveConfig, DEFAULT_REQUEST_TIMEOUT};
-use player_sim::load::{load_movie, load_trace, load_traces};
+use player_sim::load::{load_movie_for_codec, load_trace, load_traces, Codec};
+use player_sim::report::{SessionQoe, ShareOfOptimum};
 use player_sim::{AbrConfig, AbrKind, SimConfig};
 use vod::steering::Format;
 
@@ -27,6 +28,9 @@ enum Command {
         /// Movie description: segment duration, ladder, segment sizes.
         #[arg(long)]
         movie: PathBuf,
+        /// Video codec whose ladder to play when a catalog.json carries several (h264, hevc, av1, vp9; default h264).
+        #[arg(long)]
+        codec: Option<Codec>,
         /// ABR rule: throughput, bola, bolae, dynamic, dynamicdash, bba, robustmpc, ours, or optimal (offline optimum).
         #[arg(long, default_value = "bola")]
         abr: AbrKind,
@@ -61,6 +65,9 @@ enum Command {
         /// Movie description or catalog.json.
         #[arg(long)]
         movie: PathBuf,
+        /// Video codec whose ladder to play when a catalog.json carries several (h264, hevc, av1, vp9; default h264).
+        #[arg(long)]
+        codec: Option<Codec>,
         /// Rules to compare (default: all).
         #[arg(long = "abr")]
         abrs: Vec<AbrKind>,
@@ -79,6 +86,9 @@ enum Command {
         /// Movie description.
         #[arg(long)]
         movie: PathBuf,
+        /// Video codec whose ladder to play when a catalog.json carries several (h264, hevc, av1, vp9; default h264).
+        #[arg(long)]
+        codec: Option<Codec>,
         /// Rules to time (default: all).
         #[arg(long = "abr")]
         abrs: Vec<AbrKind>,
@@ -169,14 +179,25 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Sim { network, movie, abr, max_buffer_s, no_abandon, sabre_compat, optimal_grid_ms, csv, json } => {
+        Command::Sim {
+            network,
+            movie,
+            codec,
+            abr,
+            max_buffer_s,
+            no_abandon,
+            sabre_compat,
+            optimal_grid_ms,
+            csv,
+            json,
+        } => {
             // Sabre's defaults are ours; clap already refused the flags that change them.
             let _ = sabre_compat;
             if !(optimal_grid_ms.is_finite() && optimal_grid_ms > 0.0) {
                 anyhow::bail!("--optimal-grid-ms must be > 0, got {optimal_grid_ms}");
             }
             let max_buffer = seconds("--max-buffer-s", max_buffer_s)?;
-            let movie = load_movie(&movie).context("loading the movie")?;
+            let movie = load_movie_for_codec(&movie, codec).context("loading the movie")?;
             let traces = load_traces(&network).context("loading network traces")?;
             let config = SimConfig {
                 abr,
@@ -194,8 +215,8 @@ fn run(command: Command) -> Result<()> {
                 emit(&report.to_table())?;
             }
         }
-        Command::Compare { network, movie, abrs, svg, json } => {
-            let movie = load_movie(&movie).context("loading the movie")?;
+        Command::Compare { network, movie, codec, abrs, svg, json } => {
+            let movie = load_movie_for_codec(&movie, codec).context("loading the movie")?;
             let traces = load_traces(&network).context("loading network traces")?;
             let kinds = if abrs.is_empty() { AbrKind::ALL.to_vec() } else { abrs };
             let reports: Vec<_> =
@@ -214,18 +235,23 @@ fn run(command: Command) -> Result<()> {
                         .map(|r| (r.abr.to_string(), r.per_session.iter().map(|s| metric(&s.qoe)).collect()))
                         .collect();
                     let path = dir.join(file);
-                    std::fs::write(&path, player_sim::plot::cdf_svg(title, label, &series))
-                        .with_context(|| format!("writing {}", path.display()))?;
+                    let svg = player_sim::plot::cdf_svg(title, label, &series)?;
+                    std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
                 }
             }
             if json {
                 print_json(&reports)?;
             } else {
+                // With the optimum in the run, each rule's share of its QoE (see `ShareOfOptimum`).
+                let optimum: Option<Vec<SessionQoe>> = reports
+                    .iter()
+                    .find(|r| r.abr == AbrKind::Optimal)
+                    .map(|r| r.per_session.iter().map(|s| s.qoe.clone()).collect());
                 let rows: Vec<Vec<String>> = reports
                     .iter()
                     .map(|r| {
                         let m = &r.means;
-                        vec![
+                        let mut row = vec![
                             r.abr.to_string(),
                             format!("{:.1}", m.avg_bitrate_kbps),
                             format!("{:.5}", m.rebuffer_ratio),
@@ -233,18 +259,27 @@ fn run(command: Command) -> Result<()> {
                             format!("{:.2}", m.switches),
                             format!("{:.0}", m.startup_ms),
                             format!("{:.1}", m.qoe),
-                        ]
+                        ];
+                        if let Some(opt) = &optimum {
+                            let mine: Vec<SessionQoe> = r.per_session.iter().map(|s| s.qoe.clone()).collect();
+                            let share = ShareOfOptimum::of(&mine, opt);
+                            row.push(format!("{:.1}%", 100.0 * share.ratio_of_sums));
+                            row.push(format!("{:.1}%", 100.0 * share.mean_of_ratios));
+                        }
+                        row
                     })
                     .collect();
-                emit(&player_sim::report::table(
-                    &["abr", "avg_kbps", "rebuf_ratio", "rebuf_events", "switches", "startup_ms", "qoe"],
-                    &rows,
-                ))?;
+                let mut header =
+                    vec!["abr", "avg_kbps", "rebuf_ratio", "rebuf_events", "switches", "startup_ms", "qoe"];
+                if optimum.is_some() {
+                    header.extend(["qoe_vs_opt_sum", "qoe_vs_opt_mean"]);
+                }
+                emit(&player_sim::report::table(&header, &rows))?;
             }
         }
-        Command::Bench { network, movie, abrs, min_time_s } => {
+        Command::Bench { network, movie, codec, abrs, min_time_s } => {
             let min_time = seconds("--min-time-s", min_time_s)?;
-            let movie = load_movie(&movie).context("loading the movie")?;
+            let movie = load_movie_for_codec(&movie, codec).context("loading the movie")?;
             let traces = load_traces(&network).context("loading network traces")?;
             let kinds = if abrs.is_empty() { AbrKind::ALL.to_vec() } else { abrs };
             let speeds = player_sim::bench::measure(&traces, &movie, &kinds, min_time, 1000);

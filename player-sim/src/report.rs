@@ -106,6 +106,48 @@ impl QoeMeans {
     }
 }
 
+/// How close a rule's linear QoE comes to the offline optimum's over the same sessions.
+///
+/// A ratio of QoE values means something only where the optimum's QoE is
+/// positive: on traces with outages longer than the buffer even the optimum
+/// stalls so long that its QoE is negative, and a ratio of two negatives
+/// rewards the worse rule. Those sessions are left out of both figures and
+/// counted in `sessions_left_out`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ShareOfOptimum {
+    /// Σ QoE / Σ optimum's QoE over the sessions counted (the figure the README quotes).
+    pub ratio_of_sums: f64,
+    /// Mean over the sessions counted of QoE / optimum's QoE (weighs short-QoE sessions as much as long ones).
+    pub mean_of_ratios: f64,
+    /// Sessions counted.
+    pub sessions: usize,
+    /// Sessions where the optimum's QoE is not positive.
+    pub sessions_left_out: usize,
+}
+
+impl ShareOfOptimum {
+    /// Pair `rule[i]` with `optimum[i]` (the same trace, in the same order).
+    pub fn of(rule: &[SessionQoe], optimum: &[SessionQoe]) -> Self {
+        let mut out = Self::default();
+        let (mut sum, mut sum_opt, mut ratios) = (0.0, 0.0, 0.0);
+        for (r, o) in rule.iter().zip(optimum) {
+            if o.qoe > 0.0 {
+                out.sessions += 1;
+                sum += r.qoe;
+                sum_opt += o.qoe;
+                ratios += r.qoe / o.qoe;
+            } else {
+                out.sessions_left_out += 1;
+            }
+        }
+        if out.sessions > 0 {
+            out.ratio_of_sums = sum / sum_opt;
+            out.mean_of_ratios = ratios / out.sessions as f64;
+        }
+        out
+    }
+}
+
 /// A plain-text table: a header row and right-aligned columns after the first.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -160,6 +202,22 @@ mod tests {
         assert!((m.avg_bitrate_kbps - 200.0).abs() < 1e-9);
         assert_eq!(m.rebuffer_events, 1.0);
         assert_eq!(QoeMeans::of([]), QoeMeans::default());
+    }
+
+    #[test]
+    fn share_of_optimum_skips_sessions_where_the_optimum_is_not_positive() {
+        let q = |qoe: f64| SessionQoe { qoe, ..SessionQoe::from_playback(0.0, 0.0, 0, &[seg(1000.0)]) };
+        let rule = [q(50.0), q(90.0), q(-300.0), q(-10.0)];
+        let opt = [q(100.0), q(100.0), q(-200.0), q(0.0)];
+        let s = ShareOfOptimum::of(&rule, &opt);
+        assert_eq!((s.sessions, s.sessions_left_out), (2, 2));
+        assert!((s.ratio_of_sums - 0.7).abs() < 1e-12, "{s:?}");
+        assert!((s.mean_of_ratios - 0.7).abs() < 1e-12, "{s:?}");
+        // The two figures differ when the sessions' QoE differ in size.
+        let s = ShareOfOptimum::of(&[q(10.0), q(300.0)], &[q(100.0), q(300.0)]);
+        assert!((s.ratio_of_sums - 310.0 / 400.0).abs() < 1e-12);
+        assert!((s.mean_of_ratios - 0.55).abs() < 1e-12);
+        assert_eq!(ShareOfOptimum::of(&[], &[]), ShareOfOptimum::default());
     }
 
     #[test]

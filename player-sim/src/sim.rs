@@ -1,6 +1,7 @@
 //! Trace-driven simulation on a virtual clock, following Sabre's session model:
-//! the first segment is fetched at the lowest rung and playback starts when it
-//! arrives; then each step waits for buffer room, asks the ABR, downloads
+//! the first segment is fetched at the rung the rule picks knowing nothing
+//! (the lowest, for every online rule; the offline optimum may pick another)
+//! and playback starts when it arrives; then each step waits for buffer room, asks the ABR, downloads
 //! (with abandonment checks), and plays out the buffer for the time spent.
 
 use std::collections::VecDeque;
@@ -94,16 +95,22 @@ pub struct SimOutcome {
 
 /// Simulate one session of `movie` over `trace`.
 pub fn simulate(trace: &NetworkTrace, movie: &Movie, config: &SimConfig) -> SimOutcome {
+    if config.abr.is_offline() {
+        let plan = crate::optimal::plan(trace, movie, config.abr_config.max_buffer_ms, config.optimal_grid_ms);
+        // The plan never abandons: it was computed without abandonment.
+        return simulate_with(trace, movie, &SimConfig { abandon: false, ..*config }, Box::new(Planned::new(plan)));
+    }
+    simulate_with(trace, movie, config, config.abr.build(&config.abr_config))
+}
+
+/// Simulate one session of `movie` over `trace` with a rule built by the
+/// caller (e.g. a tuned variant); `config.abr` is not used.
+pub fn simulate_with(trace: &NetworkTrace, movie: &Movie, config: &SimConfig, mut abr: Box<dyn Abr>) -> SimOutcome {
     let seg_ms = movie.segment_duration_ms as f64;
     let bitrates = movie.bitrates_kbps.as_slice();
     let count = movie.segment_count();
     let max_buffer_ms = config.abr_config.max_buffer_ms;
-    let (mut abr, abandon): (Box<dyn Abr>, bool) = if config.abr.is_offline() {
-        let plan = crate::optimal::plan(trace, movie, max_buffer_ms, config.optimal_grid_ms);
-        (Box::new(Planned::new(plan)), false)
-    } else {
-        (config.abr.build(&config.abr_config), config.abandon)
-    };
+    let abandon = config.abandon;
     let mut network = NetworkModel::new(trace);
     let mut estimator = Ewma::new(seg_ms);
     let mut playout = Playout::new(seg_ms);

@@ -145,6 +145,13 @@ fn ours_beats_the_best_sabre_rules_on_the_3g_set() {
             assert!(ours.rebuffer_ratio <= ratio, "{set} {abr}: rebuffer {} vs {ratio}", ours.rebuffer_ratio);
         }
     }
+    // And the best mean linear QoE of every online rule, ours included in the
+    // same simulator (the offline optimum is slow in a debug build;
+    // `examples/abr_holdout` reports each rule's share of it).
+    for abr in AbrKind::ALL.into_iter().filter(|&k| !k.is_offline() && k != AbrKind::Ours) {
+        let other = simulate_all(&traces, &movie, &SimConfig::new(abr)).means;
+        assert!(ours.qoe > other.qoe, "{abr}: QoE {} vs ours {}", other.qoe, ours.qoe);
+    }
 }
 
 #[test]
@@ -251,15 +258,25 @@ fn cli_compare_writes_cdf_plots_and_a_row_per_rule() {
         "bola",
         "--abr",
         "ours",
+        "--abr",
+        "optimal",
         "--svg",
         svg.to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
-    assert_eq!(table.lines().count(), 3, "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
     assert!(table.lines().nth(2).unwrap().starts_with("ours"), "{table}");
+    // With the optimum in the run, each rule's share of its QoE; the optimum's own is 100%.
+    assert!(table.lines().next().unwrap().contains("qoe_vs_opt_sum"), "{table}");
+    let optimal: Vec<&str> = table.lines().nth(3).unwrap().split_whitespace().collect();
+    assert_eq!(optimal[0], "optimal", "{table}");
+    assert_eq!(optimal[optimal.len() - 2..], ["100.0%", "100.0%"], "{table}");
     for f in ["cdf-bitrate.svg", "cdf-rebuffer.svg", "cdf-qoe.svg"] {
         let text = std::fs::read_to_string(svg.join(f)).unwrap();
-        assert!(text.starts_with("<svg") && text.contains(">bola<") && text.contains(">ours<"), "{f}");
+        assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"), "{f}");
+        for rule in ["bola", "ours", "optimal"] {
+            assert!(text.lines().any(|l| l.trim() == rule), "{f}: no legend entry for {rule}");
+        }
     }
 }
 

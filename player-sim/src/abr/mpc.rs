@@ -50,6 +50,11 @@ struct Search<'a> {
     segment_ms: f64,
     /// Rebuffer penalty per second (4.3 for RobustMPC).
     penalty: f64,
+    /// Multiplies the switch cost (1 for RobustMPC).
+    switch_weight: f64,
+    /// Buffer wanted after the last position, and the cost per second short of it (0 for RobustMPC).
+    target_ms: f64,
+    shortfall_weight: f64,
     /// The buffer never exceeds this when a download starts (the player waits); infinite for `mpc.py`.
     cap_ms: f64,
     /// `suffix[l][j][q]`: best Σ over positions `j..` of (Mbit/s − LAMBDAS[l] · download s − switch cost)
@@ -66,24 +71,54 @@ struct Search<'a> {
 impl Search<'_> {
     /// True when an upper bound on the reward of positions `pos..` (from
     /// `buffer_ms`, after rung `last`) is at most `need`, so the branch cannot
-    /// win. After the last position the buffer holds at least one segment, so
-    /// the total rebuffer is at least Σ download − (buffer + (k − pos − 1) ·
-    /// segment) (waiting for room only adds to it); charging download time at
-    /// any price λ ≤ the penalty instead of the rebuffer leaves a problem with
-    /// no buffer, solved exactly per (position, previous rung) in `suffix`.
+    /// win.
+    ///
+    /// Let D be the download time of the rest and `slack` = buffer (capped, as
+    /// the player waits for room) + (k − pos − 1) · segment. After the last
+    /// position the buffer holds at least one segment, so the rebuffer is at
+    /// least (D − slack)⁺ (waiting only adds to it), and the final buffer is at
+    /// most slack + segment − D + rebuffer, so the shortfall cost is at least
+    /// `shortfall_weight` · (target − that)⁺. Both are convex in D: call their
+    /// sum g(D). For any price λ ≤ the penalty, the reward is at most
+    /// max over sequences of (Σ Mbit/s − switch costs − λ · D), solved exactly
+    /// per (position, previous rung) in `suffix`, plus max over D ≥ 0 of
+    /// (λ · D − g(D)), reached at a kink of g.
     fn cannot_reach(&mut self, pos: usize, buffer_ms: f64, last: usize, need: f64) -> bool {
         let k = self.download_ms.len();
         if pos >= k {
             return 0.0 <= need;
         }
-        let slack_s = (buffer_ms + (k - pos - 1) as f64 * self.segment_ms) / 1000.0 * self.lambda_scale;
+        let slack = (buffer_ms.min(self.cap_ms) + (k - pos - 1) as f64 * self.segment_ms) / 1000.0;
+        // The final buffer's room above the target when nothing is downloaded or stalled, s.
+        let room = slack + (self.segment_ms - self.target_ms) / 1000.0;
+        // g below assumes a second of stall costs at least as much as a second of
+        // shortfall; a heavier shortfall only lowers the reward, so bounding with
+        // the lighter one stays an upper bound.
+        let (p, w) = (self.penalty, self.shortfall_weight.min(self.penalty));
+        let g = |d: f64| {
+            if d <= slack {
+                w * (d - room).max(0.0)
+            } else {
+                p * (d - slack) + w * (slack - room).max(0.0)
+            }
+        };
+        let mid = room.clamp(0.0, slack);
+        // Without a target g has one kink, at slack (RobustMPC's case, kept cheap).
+        let plain = w == 0.0;
+        let (g0, g_mid, g_slack) = if plain { (0.0, 0.0, 0.0) } else { (g(0.0), g(mid), g(slack)) };
+        let bound = |l: usize| {
+            let lambda = LAMBDAS[l] * self.lambda_scale;
+            let conjugate =
+                if plain { lambda * slack } else { (-g0).max(lambda * mid - g_mid).max(lambda * slack - g_slack) };
+            self.suffix[l][pos][last] + conjugate
+        };
         // Try first the price that cut last time: neighbouring branches tend to fall to the same one.
         let h = self.hint;
-        if self.suffix[h][pos][last] + LAMBDAS[h] * slack_s <= need {
+        if bound(h) <= need {
             return true;
         }
-        for (l, lambda) in LAMBDAS.iter().enumerate() {
-            if l != h && self.suffix[l][pos][last] + lambda * slack_s <= need {
+        for l in 0..LAMBDAS.len() {
+            if l != h && bound(l) <= need {
                 self.hint = l;
                 return true;
             }
@@ -101,11 +136,16 @@ impl Search<'_> {
             buffer = buffer.min(self.cap_ms);
             reward += self.mbps[rung]
                 - self.penalty * (dl - buffer).max(0.0) / 1000.0
-                - (self.mbps[rung] - self.mbps[prev]).abs();
+                - self.switch_weight * (self.mbps[rung] - self.mbps[prev]).abs();
             buffer = (buffer - dl).max(0.0) + self.segment_ms;
             prev = rung;
         }
-        reward
+        reward - self.shortfall(buffer)
+    }
+
+    /// Terminal cost of ending the horizon with `buffer_ms` (never negative, so the bound stays an upper bound).
+    fn shortfall(&self, buffer_ms: f64) -> f64 {
+        self.shortfall_weight * (self.target_ms - buffer_ms).max(0.0) / 1000.0
     }
 
     fn dfs(&mut self, pos: usize, buffer_ms: f64, last: usize, reward: f64, first: usize) {
@@ -120,17 +160,20 @@ impl Search<'_> {
         for q in (0..self.mbps.len()).rev() {
             let dl = self.download_ms[pos][q];
             let rebuffer = (dl - buffer_ms).max(0.0);
-            let gain = self.mbps[q] - self.penalty * rebuffer / 1000.0 - (self.mbps[q] - self.mbps[last]).abs();
+            let gain = self.mbps[q]
+                - self.penalty * rebuffer / 1000.0
+                - self.switch_weight * (self.mbps[q] - self.mbps[last]).abs();
             let r = reward + gain;
+            let next_buffer = (buffer_ms - dl).max(0.0) + self.segment_ms;
             if pos + 1 == self.download_ms.len() {
                 // Last position: a leaf, no need to recurse.
+                let r = r - self.shortfall(next_buffer);
                 if r > self.best {
                     self.best = r;
                     self.best_first = if pos == 0 { q } else { first };
                 }
                 continue;
             }
-            let next_buffer = (buffer_ms - dl).max(0.0) + self.segment_ms;
             if self.cannot_reach(pos + 1, next_buffer, q, self.best - r) {
                 continue;
             }
@@ -196,7 +239,7 @@ impl Abr for RobustMpc {
             ctx.segment_duration_ms,
             ctx.buffer_level_ms,
             last,
-            QOE_REBUFFER_PENALTY,
+            &Objective::LINEAR_QOE,
             f64::INFINITY,
         );
         Decision { rung, delay_ms: 0.0 }
@@ -210,24 +253,42 @@ impl Abr for RobustMpc {
     }
 }
 
+/// What the lookahead maximises: Σ Mbit/s − `penalty` · rebuffer s −
+/// `switch_weight` · Σ |Δ Mbit/s| − `shortfall_weight` · (s the final buffer is short of `target_ms`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Objective {
+    pub penalty: f64,
+    pub switch_weight: f64,
+    pub target_ms: f64,
+    pub shortfall_weight: f64,
+}
+
+impl Objective {
+    /// The linear QoE of MPC and Pensieve, RobustMPC's objective.
+    pub const LINEAR_QOE: Objective =
+        Objective { penalty: QOE_REBUFFER_PENALTY, switch_weight: 1.0, target_ms: 0.0, shortfall_weight: 0.0 };
+}
+
 /// The first rung of the best sequence over `download_ms.len()` positions
 /// (`download_ms[position][rung]`, latency included if the caller wants it) for
-/// the linear QoE with rebuffer penalty `penalty` per second, from `last`.
+/// the linear QoE as `objective` weighs it, from `last`.
 pub(crate) fn best_first_rung(
     download_ms: &[[f64; MAX_RUNGS]],
     mbps: &[f64],
     segment_ms: f64,
     start_buffer_ms: f64,
     last: usize,
-    penalty: f64,
+    objective: &Objective,
     cap_ms: f64,
 ) -> usize {
+    let Objective { penalty, switch_weight, target_ms, shortfall_weight } = *objective;
+    let w = switch_weight;
     let n = mbps.len();
     let scale = penalty / QOE_REBUFFER_PENALTY;
     let mut suffix = [[[0.0; MAX_RUNGS]; HORIZON + 1]; LAMBDAS.len()];
     for (l, lambda) in LAMBDAS.iter().enumerate() {
         for j in (0..download_ms.len()).rev() {
-            // suffix[j][from] = max over q of value[q] − |m_q − m_from|; the ladder
+            // suffix[j][from] = max over q of value[q] − w·|m_q − m_from|; the ladder
             // ascends, so split at `from` and keep running maxima (O(n), not O(n²)).
             let mut value = [0.0; MAX_RUNGS];
             for q in 0..n {
@@ -235,12 +296,12 @@ pub(crate) fn best_first_rung(
             }
             let mut up = [f64::NEG_INFINITY; MAX_RUNGS + 1];
             for q in (0..n).rev() {
-                up[q] = up[q + 1].max(value[q] - mbps[q]);
+                up[q] = up[q + 1].max(value[q] - w * mbps[q]);
             }
             let mut down = f64::NEG_INFINITY;
             for from in 0..n {
-                down = down.max(value[from] + mbps[from]);
-                suffix[l][j][from] = (up[from] + mbps[from]).max(down - mbps[from]);
+                down = down.max(value[from] + w * mbps[from]);
+                suffix[l][j][from] = (up[from] + w * mbps[from]).max(down - w * mbps[from]);
             }
         }
     }
@@ -248,6 +309,9 @@ pub(crate) fn best_first_rung(
         download_ms,
         mbps,
         penalty,
+        switch_weight,
+        target_ms,
+        shortfall_weight,
         cap_ms,
         segment_ms,
         suffix: &suffix,

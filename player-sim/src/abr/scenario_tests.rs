@@ -165,31 +165,49 @@ fn robustmpc_follows_throughput_and_buffer() {
 
 #[test]
 fn robustmpc_search_matches_exhaustive_enumeration() {
-    // Three positions, four rungs: compare with brute force over all 64 sequences.
+    // Five positions, four rungs: compare with brute force over all 1024 sequences,
+    // for RobustMPC's objective and for `ours`' (heavier switch cost, a buffer
+    // target at the horizon, a cap on the buffer).
     let mbps = [0.3, 0.75, 1.5, 4.0];
-    let mut download_ms = [[0.0; mpc::MAX_RUNGS]; 3];
+    let mut download_ms = [[0.0; mpc::MAX_RUNGS]; 5];
     for (j, row) in download_ms.iter_mut().enumerate() {
         for q in 0..4 {
-            row[q] = mbps[q] * 2000.0 / (0.6 + 0.5 * j as f64);
+            row[q] = mbps[q] * 2000.0 / (0.6 + 0.5 * ((j * 3) % 4) as f64);
         }
     }
-    for (buffer, last) in [(0.0, 0), (4000.0, 1), (9000.0, 3), (1500.0, 2)] {
-        let mut best = (f64::NEG_INFINITY, 0);
-        for code in 0..64 {
-            let seq = [code / 16, (code / 4) % 4, code % 4];
-            let (mut b, mut prev, mut r) = (buffer, last, 0.0);
-            for (j, &q) in seq.iter().enumerate() {
-                let dl = download_ms[j][q];
-                r += mbps[q] - QOE_REBUFFER_PENALTY * (dl - b).max(0.0) / 1000.0 - (mbps[q] - mbps[prev]).abs();
-                b = (b - dl).max(0.0) + 2000.0;
-                prev = q;
-            }
-            if r >= best.0 {
-                best = (r, seq[0]);
+    let objectives = [
+        mpc::Objective::LINEAR_QOE,
+        mpc::Objective { switch_weight: 3.0, ..mpc::Objective::LINEAR_QOE },
+        mpc::Objective { target_ms: 6000.0, shortfall_weight: 1.0, ..mpc::Objective::LINEAR_QOE },
+        mpc::Objective { switch_weight: 2.0, target_ms: 9000.0, shortfall_weight: 3.0, ..mpc::Objective::LINEAR_QOE },
+        // A shortfall dearer than stalling.
+        mpc::Objective { target_ms: 7000.0, shortfall_weight: 6.0, ..mpc::Objective::LINEAR_QOE },
+    ];
+    for o in objectives {
+        for cap in [f64::INFINITY, 5000.0] {
+            for (buffer, last) in [(0.0, 0), (4000.0, 1), (9000.0, 3), (1500.0, 2)] {
+                let mut best = (f64::NEG_INFINITY, 0);
+                for code in 0..1024usize {
+                    let seq: Vec<usize> = (0..5).map(|j| (code >> (2 * (4 - j))) & 3).collect();
+                    let (mut b, mut prev, mut r) = (buffer, last, 0.0);
+                    for (j, &q) in seq.iter().enumerate() {
+                        let dl = download_ms[j][q];
+                        b = f64::min(b, cap);
+                        r += mbps[q]
+                            - o.penalty * (dl - b).max(0.0) / 1000.0
+                            - o.switch_weight * (mbps[q] - mbps[prev]).abs();
+                        b = (b - dl).max(0.0) + 2000.0;
+                        prev = q;
+                    }
+                    r -= o.shortfall_weight * (o.target_ms - b).max(0.0) / 1000.0;
+                    if r >= best.0 {
+                        best = (r, seq[0]);
+                    }
+                }
+                let got = mpc::best_first_rung(&download_ms, &mbps, 2000.0, buffer, last, &o, cap);
+                assert_eq!(got, best.1, "{o:?} cap {cap} buffer {buffer} last {last}");
             }
         }
-        let got = mpc::best_first_rung(&download_ms, &mbps, 2000.0, buffer, last, QOE_REBUFFER_PENALTY, f64::INFINITY);
-        assert_eq!(got, best.1, "buffer {buffer} last {last}");
     }
 }
 
@@ -207,6 +225,29 @@ fn ours_climbs_on_a_full_buffer_and_drops_on_collapse() {
     assert_eq!(rung, TOP);
     let r = o.choose(&ctx(9, 4000.0, Some(400.0))).rung;
     assert!(r <= 1, "{r}");
+}
+
+#[test]
+fn ours_builds_buffer_below_its_target_and_spends_it_above() {
+    let cfg = AbrConfig::default();
+    let at = |params: OursParams, buffer_ms: f64| {
+        let mut o = Ours::with_params(&cfg, params);
+        o.choose(&ctx(1, 3000.0, Some(1500.0)));
+        // Settled on rung 5 (1427 kbps), which 1500 kbps just sustains.
+        arrived(&mut o, 1, 5, 2950.0, buffer_ms);
+        o.choose(&ctx(2, buffer_ms, Some(1500.0))).rung
+    };
+    let default = OursParams::default();
+    let no_target = OursParams { shortfall_weight: 0.0, ..default };
+    // A full buffer: spend some of it one rung above what the link sustains;
+    // two rungs above would end the lookahead far below the target.
+    assert_eq!(at(default, 22_000.0), 6);
+    // 8 s, short of the 12 s target: step down to rebuild the buffer,
+    // where the same planner without the target spends it.
+    let low = at(default, 8_000.0);
+    let spend = at(no_target, 8_000.0);
+    assert!(low < 5, "{low}");
+    assert!(low < spend, "{low} vs {spend}");
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //! of `../shared/traces` on one core, in sessions per second, against the
 //! Sabre simulator's documented speed (~5–10 sessions/s/core on these traces).
 //!
-//! "ours" is the slowest online rule (the offline optimum is reported in the
-//! details but not counted: it needs the whole trace and is not a player).
+//! The headline is the slowest online rule (the offline optimum is reported
+//! in the details but not counted: it needs the whole trace and is not a player).
 //! Each rule repeats whole passes over the 86 traces for 2 s; its speed is
 //! that of its fastest pass (other work on the machine only slows passes
 //! down), the mean over passes is in the details too.
