@@ -15,7 +15,7 @@
 //! object did not fit in is lost until the region comes round again, and
 //! `LogStats::gap_bytes` reports it honestly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hash};
 
 /// Objects seen fewer times than this are not admitted when admitting them evicts others.
@@ -127,6 +127,11 @@ pub struct LogIndex<K> {
     head: u64,
     head_off: u64,
     entries: HashMap<K, Slot>,
+    /// Per region: the keys whose slot starts there, so reclaiming a region
+    /// looks at its own objects only, not at every entry.
+    region_keys: Vec<HashSet<K>>,
+    /// Per region: bytes of pinned objects, which no reclaim frees.
+    region_pinned: Vec<u64>,
     live_bytes: u64,
     pinned_bytes: u64,
     gap_bytes: u64,
@@ -141,12 +146,15 @@ impl<K: Hash + Eq + Clone> LogIndex<K> {
     /// An empty log over `capacity` bytes cut into regions of `region_bytes`.
     pub fn new(capacity: u64, region_bytes: u64, policy: DiskPolicy) -> Self {
         let region_bytes = region_bytes.clamp(1, capacity.max(1));
+        let regions = (capacity / region_bytes).max(u64::from(capacity > 0));
         Self {
             region_bytes,
-            regions: (capacity / region_bytes).max(u64::from(capacity > 0)),
+            regions,
             head: 0,
             head_off: 0,
             entries: HashMap::new(),
+            region_keys: (0..regions).map(|_| HashSet::new()).collect(),
+            region_pinned: vec![0; regions as usize],
             live_bytes: 0,
             pinned_bytes: 0,
             gap_bytes: 0,
@@ -185,9 +193,32 @@ impl<K: Hash + Eq + Clone> LogIndex<K> {
         offset / self.region_bytes
     }
 
+    /// Records `key` at `slot` (replacing any slot it had) in the entry map and its region's key set.
+    fn put_entry(&mut self, key: K, slot: Slot) {
+        let region = self.region_of(slot.offset) as usize;
+        if let Some(old) = self.entries.insert(key.clone(), slot) {
+            let was = self.region_of(old.offset) as usize;
+            if old.pinned {
+                self.region_pinned[was] -= old.len;
+            }
+            if was != region {
+                self.region_keys[was].remove(&key);
+            }
+        }
+        if slot.pinned {
+            self.region_pinned[region] += slot.len;
+        }
+        self.region_keys[region].insert(key);
+    }
+
     /// Forgets `key`; returns its slot if it was held.
     pub fn remove(&mut self, key: &K) -> Option<Slot> {
         let slot = self.entries.remove(key)?;
+        let region = self.region_of(slot.offset) as usize;
+        self.region_keys[region].remove(key);
+        if slot.pinned {
+            self.region_pinned[region] -= slot.len;
+        }
         self.live_bytes -= slot.len;
         if slot.pinned {
             self.pinned_bytes -= slot.len;
@@ -200,10 +231,13 @@ impl<K: Hash + Eq + Clone> LogIndex<K> {
         let Some(slot) = self.entries.get_mut(key) else { return false };
         if slot.pinned != pinned {
             slot.pinned = pinned;
+            let region = (slot.offset / self.region_bytes) as usize;
             if pinned {
                 self.pinned_bytes += slot.len;
+                self.region_pinned[region] += slot.len;
             } else {
                 self.pinned_bytes -= slot.len;
+                self.region_pinned[region] -= slot.len;
             }
         }
         true
@@ -221,7 +255,7 @@ impl<K: Hash + Eq + Clone> LogIndex<K> {
             return false;
         }
         self.remove(&key);
-        self.entries.insert(key, Slot { offset, len, pinned, seq, hits: 0 });
+        self.put_entry(key, Slot { offset, len, pinned, seq, hits: 0 });
         self.live_bytes += len;
         if pinned {
             self.pinned_bytes += len;
@@ -251,6 +285,11 @@ impl<K: Hash + Eq + Clone> LogIndex<K> {
         let hits = previous.map_or(0, |s| s.hits);
         let mut placement = Placement { offset: 0, seq: 0, evicted: Vec::new(), moved: Vec::new() };
         let mut advanced = 0;
+        // When pinned objects leave no region room for this one, say so before reclaiming
+        // anything: going round the log would evict objects and still refuse.
+        if self.head_off + len > self.region_bytes && self.region_pinned.iter().all(|&p| self.region_bytes - p < len) {
+            return Err(Refusal::Full);
+        }
         while self.head_off + len > self.region_bytes {
             if advanced == self.regions {
                 return Err(Refusal::Full);
@@ -274,7 +313,7 @@ impl<K: Hash + Eq + Clone> LogIndex<K> {
         placement.offset = self.head * self.region_bytes + self.head_off;
         placement.seq = self.take_seq();
         self.head_off += len;
-        self.entries.insert(key, Slot { offset: placement.offset, len, pinned, seq: placement.seq, hits });
+        self.put_entry(key, Slot { offset: placement.offset, len, pinned, seq: placement.seq, hits });
         self.live_bytes += len;
         if pinned {
             self.pinned_bytes += len;
@@ -292,14 +331,9 @@ impl<K: Hash + Eq + Clone> LogIndex<K> {
     /// Splits region `r`'s entries into kept (offset order) and evicted,
     /// leaving room for an object of `incoming` bytes where possible.
     fn plan_reclaim(&self, r: u64, incoming: u64) -> (Vec<(K, Slot)>, Vec<K>) {
-        let (lo, hi) = (r * self.region_bytes, (r + 1) * self.region_bytes);
-        let mut in_region: Vec<(K, Slot)> = self
-            .entries
-            .iter()
-            .filter(|(_, s)| s.offset >= lo && s.offset < hi)
-            .map(|(k, s)| (k.clone(), *s))
-            .collect();
-        in_region.sort_by_key(|(_, s)| s.offset);
+        let mut in_region: Vec<(K, Slot)> =
+            self.region_keys[r as usize].iter().filter_map(|k| self.entries.get(k).map(|s| (k.clone(), *s))).collect();
+        in_region.sort_by_key(|(_, s)| (s.offset, s.seq));
         let mut kept_bytes: u64 = in_region.iter().filter(|(_, s)| s.pinned).map(|(_, s)| s.len).sum();
         let mut keep = vec![false; in_region.len()];
         for (i, (_, s)) in in_region.iter().enumerate() {
@@ -338,7 +372,7 @@ impl<K: Hash + Eq + Clone> LogIndex<K> {
             if s.offset != off {
                 placement.moved.push(Move { key: k.clone(), from: s.offset, to: off, len: s.len, seq });
             }
-            self.entries.insert(k, Slot { offset: off, seq, hits, ..s });
+            self.put_entry(k, Slot { offset: off, seq, hits, ..s });
             off += s.len;
         }
         self.head_off = off - r * self.region_bytes;
@@ -508,6 +542,8 @@ mod tests {
                 log.access(&key);
                 if log.slot(&key).is_none() {
                     let _ = log.insert(key, len, key.is_multiple_of(17) && len < 20, never_busy);
+                } else if key.is_multiple_of(13) {
+                    log.set_pinned(&key, (state >> 40).is_multiple_of(2));
                 }
                 let mut spans: Vec<(u64, u64)> = log.iter().map(|(_, s)| (s.offset, s.offset + s.len)).collect();
                 spans.sort();
@@ -515,6 +551,12 @@ mod tests {
                 assert!(spans.last().is_none_or(|s| s.1 <= log.usable_bytes()));
                 let live: u64 = spans.iter().map(|s| s.1 - s.0).sum();
                 assert_eq!(live, log.stats().live_bytes);
+                // Every entry is listed under its region, and nothing else is.
+                let listed: usize = log.region_keys.iter().map(HashSet::len).sum();
+                assert_eq!(listed, log.entries.len());
+                let pinned: u64 = log.region_pinned.iter().sum();
+                assert_eq!(pinned, log.stats().pinned_bytes);
+                assert!(log.iter().all(|(k, s)| log.region_keys[log.region_of(s.offset) as usize].contains(k)));
             }
         }
     }

@@ -342,15 +342,34 @@ impl ViewingProfile {
         Self { per_start, starts: total as f64 }
     }
 
+    /// The profile of a site with no history yet, for a launch before its
+    /// first viewer: one title start; every rendition's init segment is
+    /// fetched once per start, and segment n by [`PRIOR_RETENTION`]`^(n-1)` of
+    /// the starts (viewers leave as a title goes on, so the first minutes are
+    /// worth most). Renditions weigh the same: the mix is unknown.
+    pub fn prior() -> Self {
+        Self { per_start: HashMap::new(), starts: 1.0 }
+    }
+
     /// Expected requests for `key` per title start (0 when the position was never seen).
     pub fn per_start(&self, key: &str) -> f64 {
-        let Some(KeyParts { rendition: Some(r), .. }) = key_parts(key) else {
+        let Some(KeyParts { rendition: Some(r), segment, .. }) = key_parts(key) else {
             return 0.0;
         };
+        if self.per_start.is_empty() {
+            return match segment {
+                Some(n) => PRIOR_RETENTION.powf(f64::from(n.saturating_sub(1))),
+                None => 1.0,
+            };
+        }
         let file = key.rsplit('/').next().unwrap_or_default();
         self.per_start.get(&(r.to_owned(), file.to_owned())).copied().unwrap_or(0.0)
     }
 }
+
+/// Share of viewers still watching from one segment to the next, assumed
+/// where a site has no history ([`ViewingProfile::prior`]).
+pub const PRIOR_RETENTION: f64 = 0.98;
 
 /// Titles whose share of title starts elsewhere rose fast on the last day
 /// (at least `factor` times the day before, or new): hints with their share
@@ -427,10 +446,11 @@ pub fn forecast_site(
     rising: &[LaunchHint],
 ) -> Vec<PlannedObject> {
     let base = forecast_history(history, target_day, method);
-    let Some(last) = history.iter().filter(|d| d.day < target_day).max_by_key(|d| d.day) else {
-        return base;
+    // A site with no history yet still gets its launches, by the prior profile.
+    let profile = match history.iter().filter(|d| d.day < target_day).max_by_key(|d| d.day) {
+        Some(last) => ViewingProfile::measure(last),
+        None => ViewingProfile::prior(),
     };
-    let profile = ViewingProfile::measure(last);
     let all: Vec<LaunchHint> = hints.iter().chain(rising).cloned().collect();
     apply_hints(base, &profile, &all)
 }
@@ -541,6 +561,28 @@ mod tests {
         assert_eq!(expected(&f, "titles/new/v/2.m4s"), 25.0);
         assert!(f.iter().all(|o| o.key != "titles/new/v/9.m4s"), "never-watched positions are not planned");
         assert_eq!(expected(&f, "titles/a/v/1.m4s"), 100.0);
+    }
+
+    #[test]
+    fn a_site_without_history_plans_its_launches_by_the_prior_profile() {
+        let hint = LaunchHint {
+            title: "new".into(),
+            expected_share: 1.0,
+            objects: vec![
+                HintObject { key: "titles/new/v/init.mp4".into(), bytes: 1 },
+                HintObject { key: "titles/new/v/1.m4s".into(), bytes: 7 },
+                HintObject { key: "titles/new/v/30.m4s".into(), bytes: 7 },
+                HintObject { key: "titles/new/hls/master.m3u8".into(), bytes: 1 },
+            ],
+        };
+        let f = forecast_site(&[], 1, Method::LastDay, &[hint], &[]);
+        assert_eq!(f.len(), 4, "every hinted object is planned: {f:?}");
+        assert_eq!(expected(&f, "titles/new/v/init.mp4"), 1.0);
+        assert_eq!(expected(&f, "titles/new/v/1.m4s"), 1.0);
+        let late = expected(&f, "titles/new/v/30.m4s");
+        assert!((late - PRIOR_RETENTION.powi(29)).abs() < 1e-12 && late < 1.0, "{late}");
+        // Without hints there is nothing to plan.
+        assert!(forecast_site(&[], 1, Method::LastDay, &[], &[]).is_empty());
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! `cargo xtask demo [--serve]`: encode a real clip, start origin, two edges
-//! in two sites and steering on loopback, play sessions from clients of both
-//! sites through steering, print QoE and where the bytes came from.
+//! `cargo xtask demo [--serve]`: encode a real clip, start origin, steering
+//! and two edges in two sites on loopback; the edges register by heartbeat and
+//! prefill the title from their fill plans (steering plans it from a launch
+//! hint); then play sessions from clients of both sites through steering and
+//! print QoE, edge hits and the edge/origin share of the bytes.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,6 +18,8 @@ use crate::env;
 
 const TITLE: &str = "bbb";
 const SESSIONS: u32 = 24;
+/// Disk tier of each edge, where prefill puts the planned objects.
+const EDGE_DISK_BYTES: u64 = 256 << 20;
 /// Simulated client addresses: one ISP per site.
 const SITES: &[(&str, &str, &str)] = &[("edge-a", "isp-a", "10.1.0.0/16"), ("edge-b", "isp-b", "10.2.0.0/16")];
 const CLIENTS: &[&str] = &["10.1.0.10", "10.2.0.20"];
@@ -68,8 +72,44 @@ fn start_stack(bins: &Path, work: &Path, store: &Path) -> Result<Stack> {
         wait,
     )?;
     let secret = random_secret()?;
+    let heartbeat_token = random_secret()?;
+    // Steering first: the edges register with it by heartbeat, and pull their
+    // fill plans from it. Its state directory holds the launch hint for the
+    // title, so the plans put the title on the edges before the first viewer.
+    let state = work.join("steering-state");
+    if state.exists() {
+        std::fs::remove_dir_all(&state).with_context(|| format!("clearing {}", state.display()))?;
+    }
+    std::fs::create_dir_all(&state)?;
+    std::fs::write(state.join("hints.json"), launch_hint(store)?)?;
+    let coverage = work.join("coverage.csv");
+    let mut csv = s("prefix,site\n");
+    for (_, site, prefix) in SITES {
+        csv.push_str(&format!("{prefix},{site}\n"));
+    }
+    std::fs::write(&coverage, csv)?;
+    let cfg = format!(
+        "listen = \"127.0.0.1:0\"\ntoken_key_id = \"k1\"\ntoken_secret = \"{secret}\"\ntoken_ttl_s = 3600\n\
+         trust_forwarded_for = true\nprobe_interval_ms = 1000\nprobe_timeout_ms = 500\n\
+         heartbeat_token = \"{heartbeat_token}\"\ncoverage_file = \"{}\"\npopularity_dir = \"{}\"\n",
+        coverage.display(),
+        state.display()
+    );
+    let cfg_path = work.join("steering.toml");
+    std::fs::write(&cfg_path, cfg)?;
+    let steering = Service::start(
+        "steering",
+        &bins.join("steering"),
+        &[s("serve"), s("--config"), cfg_path.display().to_string(), s("--listen"), any.clone()],
+        &logs,
+        wait,
+    )?;
     let mut edges = Vec::new();
-    for (name, _, _) in SITES {
+    for (name, site, _) in SITES {
+        let disk = work.join(format!("{name}-disk"));
+        if disk.exists() {
+            std::fs::remove_dir_all(&disk).with_context(|| format!("clearing {}", disk.display()))?;
+        }
         edges.push(Service::start(
             name,
             &bins.join("edge"),
@@ -81,10 +121,24 @@ fn start_stack(bins: &Path, work: &Path, store: &Path) -> Result<Stack> {
                 origin.url(),
                 s("--ram-bytes"),
                 s("268435456"),
+                s("--disk-path"),
+                disk.display().to_string(),
+                s("--disk-bytes"),
+                EDGE_DISK_BYTES.to_string(),
                 s("--name"),
                 s(*name),
+                s("--site"),
+                s(*site),
                 s("--token-secret"),
                 secret.clone(),
+                s("--token-key-id"),
+                s("k1"),
+                s("--steering"),
+                steering.url(),
+                s("--heartbeat-token"),
+                heartbeat_token.clone(),
+                s("--prefill"),
+                format!("{}/v1/fill-plan/{name}?edge_bytes={EDGE_DISK_BYTES}", steering.url()),
                 s("--request-log"),
                 work.join(format!("{name}-requests.csv")).display().to_string(),
             ],
@@ -92,26 +146,103 @@ fn start_stack(bins: &Path, work: &Path, store: &Path) -> Result<Stack> {
             wait,
         )?);
     }
-    let mut cfg = format!(
-        "listen = \"127.0.0.1:0\"\ntoken_key_id = \"k1\"\ntoken_secret = \"{secret}\"\ntoken_ttl_s = 3600\n\
-         trust_forwarded_for = true\nprobe_interval_ms = 1000\nprobe_timeout_ms = 500\n"
-    );
-    for ((name, site, prefix), edge) in SITES.iter().zip(&edges) {
-        cfg.push_str(&format!(
-            "\n[[edges]]\nname = \"{name}\"\nurl = \"{}\"\nsite = \"{site}\"\nprefixes = [\"{prefix}\"]\n",
-            edge.url()
-        ));
-    }
-    let cfg_path = work.join("steering.toml");
-    std::fs::write(&cfg_path, cfg)?;
-    let steering = Service::start(
-        "steering",
-        &bins.join("steering"),
-        &[s("serve"), s("--config"), cfg_path.display().to_string(), s("--listen"), any],
-        &logs,
-        wait,
-    )?;
     Ok(Stack { steering, edges, origin })
+}
+
+/// Steering's launch hints (`hints.json`): the demo title's segments and init
+/// segments, expected to take the whole of each site's viewing.
+fn launch_hint(store: &Path) -> Result<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<serde_json::Value>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                walk(&path, root, out)?;
+            } else if let Ok(rel) = path.strip_prefix(root) {
+                // Segments and init segments: what edges keep on disk (playlists are refreshed, not stored).
+                let key = rel.to_string_lossy().replace('\\', "/");
+                if key.ends_with(".m4s") || key.ends_with(".mp4") {
+                    out.push(serde_json::json!({ "key": key, "bytes": entry.metadata()?.len() }));
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut objects = Vec::new();
+    walk(&store.join("titles").join(TITLE), store, &mut objects)?;
+    Ok(serde_json::to_string(&serde_json::json!([{ "title": TITLE, "expected_share": 1.0, "objects": objects }]))?)
+}
+
+/// Cache counters of one edge, read from its `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+struct EdgeCounters {
+    hits: f64,
+    misses: f64,
+    segment_misses: f64,
+    upstream_bytes: f64,
+    served_bytes: f64,
+    prefill_bytes: f64,
+}
+
+impl EdgeCounters {
+    fn read(edge: &Service) -> Self {
+        let m = http_get(edge.addr, "/metrics").unwrap_or_default();
+        let requests = |result: &str| {
+            m.lines()
+                .filter(|l| l.starts_with("edge_requests_total{") && l.contains(&format!("result=\"{result}\"")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        Self {
+            hits: requests("hit") + requests("disk_hit") + requests("stale"),
+            misses: requests("miss"),
+            segment_misses: metric(&m, "edge_segment_misses_total"),
+            upstream_bytes: metric(&m, "edge_upstream_bytes_total"),
+            served_bytes: metric(&m, "edge_bytes_served_total"),
+            prefill_bytes: metric(&m, "edge_prefill_fetched_bytes_total"),
+        }
+    }
+}
+
+/// Waits until every edge has pulled its fill plan and holds all of it (or
+/// gives up after a minute, saying so), and until steering lists every edge.
+/// Returns the edges' counters at that point: the baseline playback is measured from.
+fn wait_for_prefill(stack: &Stack) -> Result<Vec<EdgeCounters>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let t = Instant::now();
+    for e in &stack.edges {
+        loop {
+            let m = http_get(e.addr, "/metrics").unwrap_or_default();
+            let done = m
+                .lines()
+                .any(|l| l.starts_with("edge_prefill_state{") && l.contains("state=\"done\"") && l.ends_with(" 1"));
+            if done {
+                let (objects, bytes) = (metric(&m, "edge_prefill_held_objects"), metric(&m, "edge_prefill_held_bytes"));
+                let planned = metric(&m, "edge_prefill_planned_objects");
+                eprintln!(
+                    "demo: {} prefilled {objects:.0} of {planned:.0} planned objects ({bytes:.0} B) in {:.1}s",
+                    e.name,
+                    t.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not finish its prefill within a minute (see {}'s log)", e.name, e.name);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    loop {
+        let listed = http_get(stack.steering.addr, "/v1/edges").unwrap_or_default();
+        if stack.edges.iter().all(|e| listed.contains(&format!("\"{}\"", e.name))) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("steering does not list every edge after a minute: {listed}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(stack.edges.iter().map(EdgeCounters::read).collect())
 }
 
 fn encode(bins: &Path, clip: &Path, store: &Path) -> Result<()> {
@@ -155,7 +286,7 @@ fn play(bins: &Path, stack: &Stack) -> Result<serde_json::Value> {
     serde_json::from_str(&out).with_context(|| format!("player-sim printed no JSON: {out}"))
 }
 
-fn summary(report: &serde_json::Value, stack: &Stack) -> Result<()> {
+fn summary(report: &serde_json::Value, stack: &Stack, before: &[EdgeCounters]) -> Result<()> {
     let f = |k: &str| report.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
     println!("== QoE over {} sessions ({} failed)", f("sessions"), f("failed"));
     println!("  startup          {:>10.0} ms (mean)", f("startup_ms"));
@@ -163,29 +294,42 @@ fn summary(report: &serde_json::Value, stack: &Stack) -> Result<()> {
     println!("  rebuffer ratio   {:>10.4}", f("rebuffer_ratio"));
     println!("  rebuffer events  {:>10.2} per session", f("rebuffer_events"));
     println!("  switches         {:>10.2} per session", f("switches"));
-    println!("== bytes");
-    let mut origin_bytes = 0.0;
-    for e in &stack.edges {
-        let m = http_get(e.addr, "/metrics").unwrap_or_default();
-        let served = metric(&m, "edge_bytes_served_total");
-        let upstream = metric(&m, "edge_upstream_bytes_total");
-        origin_bytes += upstream;
+    println!("== bytes (prefilled from the launch hint before the first viewer, then played)");
+    let (mut prefill_bytes, mut play_origin, mut play_served, mut hits, mut misses) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut segment_misses = 0.0;
+    for (e, b) in stack.edges.iter().zip(before) {
+        let a = EdgeCounters::read(e);
+        let (served, from_origin) = (a.served_bytes - b.served_bytes, a.upstream_bytes - b.upstream_bytes);
+        let (h, m, sm) = (a.hits - b.hits, a.misses - b.misses, a.segment_misses - b.segment_misses);
         let to_players =
             report.pointer(&format!("/bytes_by_edge/{}", e.name)).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
         println!(
-            "  {:<8} served {:>12.0} B to players ({:>12.0} B counted by players), filled {:>10.0} B from origin",
-            e.name, served, to_players, upstream
+            "  {:<8} prefilled {:>11.0} B | served {:>11.0} B to players ({:>11.0} B counted by players), \
+             {h:.0} hits, {m:.0} misses ({sm:.0} on segments), {from_origin:.0} B from origin while playing",
+            e.name, b.prefill_bytes, served, to_players
+        );
+        prefill_bytes += b.prefill_bytes;
+        play_origin += from_origin;
+        play_served += served;
+        hits += h;
+        misses += m;
+        segment_misses += sm;
+    }
+    println!("  origin   {prefill_bytes:>12.0} B for prefill (off-peak), {play_origin:>12.0} B while playing");
+    if hits + misses > 0.0 {
+        println!(
+            "  edge hits     {:5.1}% of {:.0} player requests; segment misses {segment_misses:.0} \
+             (the other misses are playlists, refreshed from the origin by TTL)",
+            100.0 * hits / (hits + misses),
+            hits + misses
         );
     }
-    let served_total: f64 = report
-        .get("bytes_by_edge")
-        .and_then(|m| m.as_object())
-        .map_or(0.0, |m| m.values().filter_map(serde_json::Value::as_f64).sum());
-    println!("  origin   {origin_bytes:>12.0} B in all");
-    if served_total > 0.0 {
+    if play_served > 0.0 {
+        let edge_share = (1.0 - play_origin / play_served).clamp(0.0, 1.0);
         println!(
-            "  edge offload {:.1}% of player bytes came from edge caches",
-            100.0 * (1.0 - origin_bytes / served_total).max(0.0)
+            "  byte share    {:5.1}% from edge caches, {:5.1}% from the origin",
+            100.0 * edge_share,
+            100.0 * (1.0 - edge_share)
         );
     }
     if f("failed") > 0.0 {
@@ -240,6 +384,7 @@ pub fn run(serve: bool) -> Result<()> {
     let store = work.join("store");
     encode(&bins, &clip, &store)?;
     let mut stack = start_stack(&bins, &work, &store)?;
+    let before = wait_for_prefill(&stack)?;
     eprintln!(
         "demo: origin {} | {} {} | {} {} | steering {}",
         stack.origin.url(),
@@ -274,7 +419,7 @@ pub fn run(serve: bool) -> Result<()> {
         }
     } else {
         let report = play(&bins, &stack)?;
-        let result = summary(&report, &stack);
+        let result = summary(&report, &stack, &before);
         eprintln!("demo: ran in {:.1}s after the build", started.elapsed().as_secs_f64());
         result?;
     }
