@@ -1,6 +1,7 @@
-//! The HTTP origin server: hyper's HTTP/1 connection loop with limits a
-//! public-facing server needs (a cap on connections, a header read timeout,
-//! a write stall timeout), and one handler that streams objects from a store.
+//! The HTTP origin server: hyper's HTTP/1 connection loop, one per core,
+//! with limits a public-facing server needs (a cap on connections, a header
+//! read timeout, a write stall timeout), and one handler that streams
+//! objects from a store.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -153,7 +154,9 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nr
 access-control-allow-origin: *\r\nconnection: close\r\n\r\n";
 
 /// Serves `store` on `listener` until `shutdown` resolves, then lets
-/// in-flight responses finish (up to `limits.drain_ms`).
+/// in-flight responses finish (up to `limits.drain_ms`). One accept loop
+/// runs per core, each on its own single-threaded runtime
+/// (`svc::serve::per_core`); the connection cap is shared by all of them.
 pub async fn serve(
     store: Arc<dyn ObjectStore>,
     limits: ServerLimits,
@@ -162,6 +165,22 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let router = router_with(store, &limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let threads = svc::serve::default_threads();
+    svc::serve::per_core("origin", listener.into_std()?, threads, shutdown, move |listener, stop| {
+        accept_loop(listener, router.clone(), Arc::clone(&slots), limits.clone(), stop.signal())
+    })
+    .await
+}
+
+/// One thread's accept loop: serves connections until `shutdown`, then
+/// waits for its own in-flight responses.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    slots: Arc<Semaphore>,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut refusals = JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();

@@ -13,10 +13,11 @@ use futures::StreamExt;
 use vod::range::ByteRange;
 use vod::ObjectKey;
 
+use super::mapped::{FileId, MapCache, MAP_AT_LEAST, MAP_WHOLE_MAX};
 use super::{ByteStream, ObjectBody, ObjectMeta, ObjectReader, ObjectStore, StoreError};
 
 /// Bytes read from disk per step of a streamed body. A 2 MB segment then
-/// takes one blocking read (each hop to the blocking pool costs more than
+/// takes one blocking step (each hop to the blocking pool costs more than
 /// the copy; `cargo xtask bench origin` measured 512 KiB/1 MiB/2 MiB at
 /// 0.87/0.75/0.88 of nginx). Memory per connection stays bounded by one
 /// chunk plus hyper's buffer; a client that stops reading is dropped after
@@ -24,15 +25,22 @@ use super::{ByteStream, ObjectBody, ObjectMeta, ObjectReader, ObjectStore, Store
 const READ_CHUNK: u64 = 2 * 1024 * 1024;
 
 /// A store in a local directory; the key is the relative path.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    maps: Arc<MapCache>,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore").field("root", &self.root).finish_non_exhaustive()
+    }
 }
 
 impl LocalStore {
     /// A store rooted at `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self { root: root.into(), maps: Arc::default() }
     }
 
     /// The directory objects live under.
@@ -72,12 +80,18 @@ impl LocalStore {
     }
 
     fn open_blocking(&self, key: &ObjectKey) -> Result<(std::fs::File, ObjectMeta), StoreError> {
+        let (file, meta, _) = self.open_version(key)?;
+        Ok((file, meta))
+    }
+
+    /// Opens an object's file: its metadata and the identity of this version.
+    fn open_version(&self, key: &ObjectKey) -> Result<(std::fs::File, ObjectMeta, FileId), StoreError> {
         let file = std::fs::File::open(self.path_of(key)).map_err(|e| Self::io(key, e))?;
         let m = file.metadata().map_err(|e| Self::io(key, e))?;
         if !m.is_file() {
             return Err(StoreError::NotFound(key.to_string()));
         }
-        Ok((file, Self::meta_of(&m)))
+        Ok((file, Self::meta_of(&m), FileId::of(&m)))
     }
 
     /// Every regular file under `prefix`, as sorted relative paths. Temporary
@@ -145,8 +159,30 @@ async fn blocking<T: Send + 'static>(
 /// An open file: the version that was current when it was opened, even if a
 /// publish renames a new one over its path meanwhile.
 struct LocalBody {
+    key: ObjectKey,
     file: Arc<std::fs::File>,
     len: u64,
+    id: FileId,
+    maps: Arc<MapCache>,
+}
+
+/// `n` bytes of `file` at `pos`: small chunks copied, big ones mapped.
+fn read_chunk(file: &std::fs::File, pos: u64, n: usize) -> std::io::Result<Bytes> {
+    if n as u64 >= MAP_AT_LEAST {
+        // SAFETY: the map is read-only and the store never changes a file in
+        // place (writes go to a temporary file renamed over the object), so
+        // its bytes stay as they are while mapped; the length check below
+        // refuses a file that was cut short behind the store's back rather
+        // than fault on the pages past its end.
+        let map = unsafe { memmap2::MmapOptions::new().offset(pos).len(n).populate().map(file)? };
+        if file.metadata()?.len() < pos + n as u64 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "object file shrank while open"));
+        }
+        return Ok(Bytes::from_owner(map));
+    }
+    let mut buf = vec![0u8; n];
+    file.read_exact_at(&mut buf, pos)?;
+    Ok(Bytes::from(buf))
 }
 
 #[async_trait]
@@ -156,6 +192,20 @@ impl ObjectBody for LocalBody {
             Some(r) => (r.start, (r.end + 1).min(self.len)),
             None => (0, self.len),
         };
+        if (MAP_AT_LEAST..=MAP_WHOLE_MAX).contains(&self.len) {
+            // Sent as one slice of the file's kept map: hyper writes it out
+            // from the page cache with no copy in between.
+            let whole = match self.maps.get(&self.id) {
+                Some(whole) => whole,
+                None => {
+                    let (maps, file, id, key) = (self.maps, self.file, self.id, self.key);
+                    let name = key.to_string();
+                    blocking(&name, move || maps.map(&file, id).map_err(|e| LocalStore::io(&key, e))).await?
+                }
+            };
+            let part = whole.slice(start.min(end) as usize..end as usize);
+            return Ok(Box::pin(futures::stream::once(async move { Ok(part) })));
+        }
         let file = self.file;
         let stream = futures::stream::try_unfold(start, move |pos| {
             let file = file.clone();
@@ -164,13 +214,10 @@ impl ObjectBody for LocalBody {
                     return Ok(None);
                 }
                 let n = READ_CHUNK.min(end - pos) as usize;
-                let buf = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; n];
-                    file.read_exact_at(&mut buf, pos).map(|()| buf)
-                })
-                .await
-                .map_err(std::io::Error::other)??;
-                Ok(Some((Bytes::from(buf), pos + n as u64)))
+                let chunk = tokio::task::spawn_blocking(move || read_chunk(&file, pos, n))
+                    .await
+                    .map_err(std::io::Error::other)??;
+                Ok(Some((chunk, pos + n as u64)))
             }
         });
         Ok(Box::pin(stream))
@@ -194,8 +241,9 @@ impl ObjectStore for LocalStore {
     async fn open(&self, key: &ObjectKey) -> Result<ObjectReader, StoreError> {
         let this = self.clone();
         let k = key.clone();
-        let (file, meta) = blocking(&key.to_string(), move || this.open_blocking(&k)).await?;
-        let body = LocalBody { file: Arc::new(file), len: meta.len };
+        let (file, meta, id) = blocking(&key.to_string(), move || this.open_version(&k)).await?;
+        let body =
+            LocalBody { key: key.clone(), file: Arc::new(file), len: meta.len, id, maps: Arc::clone(&self.maps) };
         Ok(ObjectReader { meta, body: Box::new(body) })
     }
 
@@ -296,6 +344,47 @@ mod tests {
         assert_eq!(&collect(&k, body).await.unwrap()[..], &old[1_000_000..=2_600_000]);
         let (now, _) = s.get(&k).await.unwrap();
         assert_eq!(&now[..], b"new");
+    }
+
+    #[tokio::test]
+    async fn a_file_cut_short_in_place_fails_the_read_instead_of_crashing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(dir.path());
+        let k = ObjectKey::parse("titles/t/v1/1.m4s").unwrap();
+        s.put(&k, Bytes::from(vec![7u8; 1_000_000])).await.unwrap();
+        let reader = s.open(&k).await.unwrap();
+        // Not how the store writes, but someone else may truncate the file.
+        std::fs::OpenOptions::new().write(true).open(s.path_of(&k)).unwrap().set_len(10).unwrap();
+        // The read fails, before the first byte or in the stream, and never faults.
+        let err = match reader.read(None).await {
+            Err(e) => e.to_string(),
+            Ok(body) => collect(&k, body).await.unwrap_err().to_string(),
+        };
+        assert!(err.contains("changed while open"), "{err}");
+        // Past the size that is mapped whole, chunks are mapped one by one, with the same check.
+        let file = std::fs::File::open(s.path_of(&k)).unwrap();
+        let err = read_chunk(&file, 0, MAP_AT_LEAST as usize).unwrap_err();
+        assert!(err.to_string().contains("shrank"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_hot_object_is_mapped_once_and_a_republished_one_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::new(dir.path());
+        let k = ObjectKey::parse("titles/t/v1/1.m4s").unwrap();
+        let old: Vec<u8> = (0..500_000u32).map(|i| (i % 253) as u8).collect();
+        s.put(&k, Bytes::from(old.clone())).await.unwrap();
+        for range in [None, Some(ByteRange { start: 10, end: 499_999 }), None] {
+            let body = s.open(&k).await.unwrap().read(range).await.unwrap();
+            let want = range.map_or(&old[..], |r| &old[r.start as usize..=r.end as usize]);
+            assert_eq!(&collect(&k, body).await.unwrap()[..], want);
+        }
+        assert_eq!(s.maps.len(), 1);
+        let new: Vec<u8> = old.iter().map(|b| b.wrapping_add(1)).collect();
+        s.put(&k, Bytes::from(new.clone())).await.unwrap();
+        let body = s.open(&k).await.unwrap().read(None).await.unwrap();
+        assert_eq!(&collect(&k, body).await.unwrap()[..], &new[..]);
+        assert_eq!(s.maps.len(), 2);
     }
 
     #[tokio::test]

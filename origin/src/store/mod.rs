@@ -17,6 +17,7 @@ use vod::ObjectKey;
 pub mod blocking;
 mod local;
 pub mod location;
+mod mapped;
 pub mod s3;
 
 pub use blocking::{BlockingStore, PublishTarget};
