@@ -42,6 +42,10 @@ use crate::error::EdgeError;
 
 const STORE_FILE: &str = "store.bin";
 
+fn now_unix_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// Settings of one disk tier.
 #[derive(Debug, Clone)]
 pub struct DiskConfig {
@@ -96,6 +100,8 @@ pub(crate) struct Meta {
     pub(crate) etag: String,
     /// False for entries loaded from the journal until their first read checks the CRC.
     pub(crate) verified: bool,
+    /// When the object's pin lapses (Unix seconds), for pins that come with a plan's end.
+    pub(crate) pin_until: Option<u64>,
 }
 
 struct DiskState {
@@ -105,6 +111,8 @@ struct DiskState {
     leases: Vec<Arc<()>>,
     journal: File,
     journal_records: u64,
+    /// The earliest `pin_until` of any pinned object, so inserts check expiry in O(1).
+    next_pin_expiry: Option<u64>,
 }
 
 /// The disk tier.
@@ -165,19 +173,22 @@ impl DiskTier {
         let journal_path = cfg.dir.join(JOURNAL_FILE);
         for rec in read_journal(&journal_path, capacity, region_bytes)? {
             if index.restore(rec.key.clone(), rec.offset, rec.len, rec.pinned, rec.seq) {
-                meta.insert(rec.key, Meta { crc: rec.crc, etag: rec.etag, verified: false });
+                let pin_until = rec.pin_until.filter(|_| rec.pinned);
+                meta.insert(rec.key, Meta { crc: rec.crc, etag: rec.etag, verified: false, pin_until });
             }
         }
         let regions = (index.usable_bytes() / region_bytes) as usize;
         let journal = write_snapshot(&cfg.dir, &index, &meta, capacity, region_bytes)?;
         let loaded_entries = index.stats().entries;
-        let state = DiskState {
+        let mut state = DiskState {
             index,
             meta,
             leases: (0..regions.max(1)).map(|_| Arc::new(())).collect(),
             journal,
             journal_records: loaded_entries + 1,
+            next_pin_expiry: None,
         };
+        state.next_pin_expiry = state.meta.values().filter_map(|m| m.pin_until).min();
         Ok(Self {
             dir: cfg.dir.clone(),
             map: Arc::new(map),
@@ -249,6 +260,9 @@ impl DiskTier {
         }
         let crc = crc32fast::hash(body);
         let mut st = self.lock();
+        if st.next_pin_expiry.is_some_and(|t| t <= now_unix_s()) {
+            self.expire_pins_locked(&mut st, now_unix_s())?;
+        }
         if let (Some(slot), Some(m)) = (st.index.slot(key), st.meta.get(key)) {
             if slot.len == body.len() as u64 && m.crc == crc && m.etag == etag {
                 if pinned && !slot.pinned {
@@ -283,8 +297,9 @@ impl DiskTier {
             let bytes = self.map[m.from as usize..(m.from + m.len) as usize].to_vec();
             self.write_at(&bytes, m.to)?;
             let slot = st.index.slot(&m.key).ok_or_else(|| EdgeError::Internal("moved object vanished".into()))?;
-            let (crc, etag) = st.meta.get(&m.key).map(|x| (x.crc, x.etag.clone())).unwrap_or_default();
-            self.journal(&mut st, &Record::add(&m.key, &slot, crc, &etag, slot.pinned))?;
+            let (crc, etag, until) =
+                st.meta.get(&m.key).map(|x| (x.crc, x.etag.clone(), x.pin_until)).unwrap_or_default();
+            self.journal(&mut st, &Record::add(&m.key, &slot, crc, &etag, slot.pinned).with_pin_until(until))?;
         }
         if let Err(e) = self.write_at(body, placement.offset) {
             st.index.remove(key);
@@ -292,7 +307,7 @@ impl DiskTier {
         }
         let slot = st.index.slot(key).ok_or_else(|| EdgeError::Internal("placed object vanished".into()))?;
         self.journal(&mut st, &Record::add(key, &slot, crc, etag, pinned))?;
-        st.meta.insert(key.clone(), Meta { crc, etag: etag.to_owned(), verified: true });
+        st.meta.insert(key.clone(), Meta { crc, etag: etag.to_owned(), verified: true, pin_until: None });
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters.write_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
         if st.journal_records > 4 * st.index.stats().entries + 1024 {
@@ -317,6 +332,51 @@ impl DiskTier {
         Ok(true)
     }
 
+    /// Pins `key` (if held) until `until` (Unix seconds): once that passes,
+    /// the next insert unpins it and eviction may take it like any other
+    /// object. Returns whether it was held.
+    pub fn pin_until(&self, key: &ObjectKey, until: u64) -> Result<bool, EdgeError> {
+        let mut st = self.lock();
+        let (Some(slot), Some(m)) = (st.index.slot(key), st.meta.get(key)) else { return Ok(false) };
+        if slot.pinned && m.pin_until == Some(until) {
+            return Ok(true);
+        }
+        let rec = Record::add(key, &slot, m.crc, &m.etag, true).with_pin_until(Some(until));
+        st.index.set_pinned(key, true);
+        if let Some(m) = st.meta.get_mut(key) {
+            m.pin_until = Some(until);
+        }
+        st.next_pin_expiry = Some(st.next_pin_expiry.map_or(until, |t| t.min(until)));
+        self.journal(&mut st, &rec)?;
+        Ok(true)
+    }
+
+    /// Unpins every object whose pin lapsed at or before `now` (Unix
+    /// seconds); returns how many. Inserts do this on their own.
+    pub fn expire_pins(&self, now: u64) -> Result<u64, EdgeError> {
+        let mut st = self.lock();
+        self.expire_pins_locked(&mut st, now)
+    }
+
+    fn expire_pins_locked(&self, st: &mut DiskState, now: u64) -> Result<u64, EdgeError> {
+        let lapsed: Vec<ObjectKey> =
+            st.meta.iter().filter(|(_, m)| m.pin_until.is_some_and(|t| t <= now)).map(|(k, _)| k.clone()).collect();
+        for key in &lapsed {
+            if let Some(m) = st.meta.get_mut(key) {
+                m.pin_until = None;
+            }
+            let (Some(slot), Some(m)) = (st.index.slot(key), st.meta.get(key)) else { continue };
+            let rec = Record::add(key, &slot, m.crc, &m.etag, false);
+            st.index.set_pinned(key, false);
+            self.journal(st, &rec)?;
+        }
+        st.next_pin_expiry = st.meta.values().filter_map(|m| m.pin_until).min();
+        if !lapsed.is_empty() {
+            tracing::info!(objects = lapsed.len(), "disk tier: pins lapsed with their plan");
+        }
+        Ok(lapsed.len() as u64)
+    }
+
     /// Unpins every pinned object for which `unplanned` is true (a new fill
     /// plan no longer lists it): it stays cached, but eviction may now take it
     /// when space is needed. Returns how many were unpinned.
@@ -328,6 +388,9 @@ impl DiskTier {
             let (Some(slot), Some(m)) = (st.index.slot(key), st.meta.get(key)) else { continue };
             let rec = Record::add(key, &slot, m.crc, &m.etag, false);
             st.index.set_pinned(key, false);
+            if let Some(m) = st.meta.get_mut(key) {
+                m.pin_until = None;
+            }
             self.journal(&mut st, &rec)?;
         }
         Ok(keys.len() as u64)
@@ -516,6 +579,46 @@ mod tests {
         let disk = DiskTier::open(&cfg(dir.path())).unwrap();
         assert_eq!(disk.loaded_entries(), 1);
         assert!(disk.get(&key(2)).is_some());
+    }
+
+    #[test]
+    fn pins_hold_until_their_plan_ends_across_a_reopen_then_eviction_may_take_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DiskConfig { policy: DiskPolicy::Fifo, ..cfg(dir.path()) };
+        let end = now_unix_s() + 3600;
+        {
+            let disk = DiskTier::open(&cfg).unwrap();
+            disk.insert(&key(0), &body(0, 4000), "\"p\"", true).unwrap();
+            assert!(disk.pin_until(&key(0), end).unwrap());
+            assert!(!disk.pin_until(&key(99), end).unwrap(), "not held: nothing to pin");
+        }
+        let disk = DiskTier::open(&cfg).unwrap();
+        for n in 1..12 {
+            disk.insert(&key(n), &body(n, 4000), "\"e\"", false).unwrap();
+        }
+        assert!(disk.holds(&key(0)), "a pinned object was evicted before its plan ended");
+        assert_eq!(disk.stats().pinned_bytes, 4000);
+        assert_eq!(disk.expire_pins(end - 1).unwrap(), 0);
+        assert_eq!(disk.expire_pins(end).unwrap(), 1);
+        assert_eq!(disk.stats().pinned_bytes, 0);
+        for n in 12..24 {
+            disk.insert(&key(n), &body(n, 4000), "\"e\"", false).unwrap();
+        }
+        assert!(!disk.holds(&key(0)), "an object whose pin lapsed is never evicted");
+    }
+
+    #[test]
+    fn an_insert_unpins_objects_whose_plan_has_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskTier::open(&cfg(dir.path())).unwrap();
+        disk.insert(&key(0), &body(0, 100), "\"p\"", true).unwrap();
+        disk.insert(&key(1), &body(1, 100), "\"p\"", true).unwrap();
+        disk.pin_until(&key(0), 1).unwrap(); // long past
+        assert_eq!(disk.stats().pinned_bytes, 200);
+        disk.insert(&key(2), &body(2, 100), "\"e\"", false).unwrap();
+        assert_eq!(disk.stats().pinned_bytes, 100, "only the pin without an end stays");
+        drop(disk);
+        assert_eq!(DiskTier::open(&cfg(dir.path())).unwrap().stats().pinned_bytes, 100, "the unpin was journaled");
     }
 
     /// Model check: random inserts, reads, purges and reopens against a

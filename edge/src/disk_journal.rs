@@ -27,6 +27,8 @@ pub(crate) struct Record {
     pub(crate) etag: String,
     pub(crate) seq: u64,
     pub(crate) pinned: bool,
+    /// When a pin lapses (Unix seconds); `None` with `pinned`: until unpinned.
+    pub(crate) pin_until: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,24 +48,41 @@ impl Record {
             etag: etag.to_owned(),
             seq: slot.seq,
             pinned,
+            pin_until: None,
         }
     }
 
+    /// The same record with a pin that lapses at `until` (Unix seconds).
+    pub(crate) fn with_pin_until(mut self, until: Option<u64>) -> Self {
+        self.pin_until = until.filter(|_| self.pinned);
+        self
+    }
+
     pub(crate) fn del(key: &ObjectKey) -> Self {
-        Self { op: Op::Del, key: key.clone(), offset: 0, len: 0, crc: 0, etag: String::new(), seq: 0, pinned: false }
+        Self {
+            op: Op::Del,
+            key: key.clone(),
+            offset: 0,
+            len: 0,
+            crc: 0,
+            etag: String::new(),
+            seq: 0,
+            pinned: false,
+            pin_until: None,
+        }
     }
 
     pub(crate) fn to_line(&self) -> String {
+        // `1@T`: pinned until Unix second T (an older edge reads it as unpinned).
+        let pin = match (self.pinned, self.pin_until) {
+            (false, _) => "0".to_owned(),
+            (true, None) => "1".to_owned(),
+            (true, Some(t)) => format!("1@{t}"),
+        };
         let body = match self.op {
             Op::Add => format!(
                 "add\t{}\t{}\t{}\t{:08x}\t{}\t{}\t{}",
-                self.key,
-                self.offset,
-                self.len,
-                self.crc,
-                self.seq,
-                u8::from(self.pinned),
-                self.etag
+                self.key, self.offset, self.len, self.crc, self.seq, pin, self.etag
             ),
             Op::Del => format!("del\t{}", self.key),
         };
@@ -81,7 +100,11 @@ impl Record {
                 len: f[3].parse().ok()?,
                 crc: u32::from_str_radix(f[4], 16).ok()?,
                 seq: f[5].parse().ok()?,
-                pinned: f[6] == "1",
+                pinned: f[6] == "1" || f[6].starts_with("1@"),
+                pin_until: match f[6].strip_prefix("1@") {
+                    Some(t) => Some(t.parse().ok()?),
+                    None => None,
+                },
                 etag: f[7].to_owned(),
             }),
             ("del", 2) => Some(Self::del(&key)),
@@ -162,7 +185,8 @@ pub(crate) fn write_snapshot(
     entries.sort_by_key(|(_, s)| s.seq);
     for (key, slot) in entries {
         if let Some(m) = meta.get(key) {
-            out.write_all(Record::add(key, slot, m.crc, &m.etag, slot.pinned).to_line().as_bytes()).map_err(io)?;
+            let rec = Record::add(key, slot, m.crc, &m.etag, slot.pinned).with_pin_until(m.pin_until);
+            out.write_all(rec.to_line().as_bytes()).map_err(io)?;
         }
     }
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;

@@ -54,6 +54,9 @@ pub enum EdgeError {
     /// The upstream body broke off or disagreed with its Content-Length.
     #[error("upstream {url} sent a truncated body: {detail}")]
     UpstreamTruncated { url: String, detail: String },
+    /// The upstream body does not match the digest its ETag announced.
+    #[error("upstream {url} sent a corrupt body: {detail}")]
+    UpstreamCorrupt { url: String, detail: String },
     /// A setting is missing or invalid.
     #[error("config: {0}")]
     Config(String),
@@ -87,6 +90,7 @@ impl EdgeError {
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamStatus { .. }
             | Self::UpstreamTruncated { .. }
+            | Self::UpstreamCorrupt { .. }
             | Self::UpstreamsDown { .. } => Fault::Upstream,
             Self::Config(_) | Self::Io { .. } | Self::Internal(_) => Fault::Local,
         }
@@ -107,6 +111,7 @@ impl EdgeError {
             }
             Self::UpstreamStatus { status, .. } => format!("bad gateway: the upstream answered {status}"),
             Self::UpstreamTruncated { .. } => "bad gateway: the upstream sent a truncated body".into(),
+            Self::UpstreamCorrupt { .. } => "bad gateway: the upstream sent a corrupt body".into(),
             Self::UpstreamsDown { .. } => "bad gateway: every upstream is failing".into(),
             Self::Config(_) | Self::Io { .. } | Self::Internal(_) => "internal error on the edge".into(),
             _ => self.to_string(),
@@ -123,6 +128,7 @@ impl EdgeError {
             Self::UpstreamUnreachable { .. }
             | Self::UpstreamStatus { .. }
             | Self::UpstreamTruncated { .. }
+            | Self::UpstreamCorrupt { .. }
             | Self::UpstreamsDown { .. } => StatusCode::BAD_GATEWAY,
             Self::Config(_) | Self::Io { .. } | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -1,182 +1,35 @@
 //! Misses: fetching objects from upstream, one fetch per object however many
-//! clients ask at once.
+//! clients ask at once, streamed to them while it arrives.
 //!
-//! `Upstream` is the HTTP client (timeouts, status mapping, truncation check).
-//! `Filler` looks in the RAM tier and, on a miss, joins the fetch already in
-//! flight for that key or starts one. The fetch runs in its own task, so a
-//! client that hangs up does not cancel it for the others, and it stores the
-//! object in the tier *before* leaving the in-flight map: a request that
-//! arrives in between either joins the fetch or finds the object cached.
+//! `Filler` (the upstreams themselves are in `upstream`) looks in the RAM and disk tiers and, on a miss, joins the fetch
+//! already in flight for that key or starts one. As soon as the upstream's
+//! response head is in, every waiting request gets the fill's
+//! [`GrowingBody`] (length and ETag from that head) and streams from it;
+//! requests arriving later join it and get the bytes so far, then the rest.
+//! The fetch runs in its own task, so a client that hangs up does not cancel
+//! it for the others. Only a body whose length (and MD5, when the ETag is one) checks out is stored, and it
+//! is stored *before* the key leaves the in-flight map: a request that
+//! arrives in between either joins the fetch or finds the object cached. A
+//! body that breaks off (or fails its ETag digest) fails every reader (their
+//! connections are aborted), leaves the map first and caches nothing, so the
+//! next request refetches.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
-use http::header;
+use tokio::sync::oneshot;
 use vod::ObjectKey;
 
-use crate::breaker::{Breaker, BreakerState};
 use crate::disk::{DiskTier, Stored};
-use crate::error::{EdgeError, Fault};
+use crate::error::EdgeError;
+use crate::fill_stream::GrowingBody;
 use crate::memory::{CachedObject, MemoryTier};
 use crate::metrics::EdgeMetrics;
-
-/// A complete object as received from upstream.
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    pub body: bytes::Bytes,
-    /// Strong ETag, quoted.
-    pub etag: String,
-}
-
-/// HTTP client for the edge's upstream (origin or parent edge).
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    client: reqwest::Client,
-    base: String,
-    timeout: Duration,
-}
-
-impl Upstream {
-    /// A client for `base` (e.g. `http://127.0.0.1:8080`) that gives up when the
-    /// upstream takes longer than `timeout` to connect or to send the next bytes.
-    pub fn new(base: &str, timeout: Duration) -> Result<Self, EdgeError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            // Per read, not total: a large segment over a slow but moving link
-            // is fine; a stalled upstream is not.
-            .read_timeout(timeout)
-            // Fill traffic goes straight to the configured upstream, never via
-            // an HTTP_PROXY that happens to be set in the environment.
-            .no_proxy()
-            .user_agent(concat!("vod-edge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| EdgeError::Config(format!("building the upstream client: {e}")))?;
-        Ok(Self { client, base: base.trim_end_matches('/').to_owned(), timeout })
-    }
-
-    /// The URL of `key` upstream.
-    pub fn url_of(&self, key: &ObjectKey) -> String {
-        format!("{}/{}", self.base, key)
-    }
-
-    /// GETs the whole object. 404/410 → `NotFound`; other non-200 → `UpstreamStatus`;
-    /// a body shorter or longer than its Content-Length → `UpstreamTruncated`.
-    pub async fn fetch(&self, key: &ObjectKey) -> Result<Fetched, EdgeError> {
-        let url = self.url_of(key);
-        let timeout_ms = self.timeout.as_millis() as u64;
-        let resp = self.client.get(&url).send().await.map_err(|e| {
-            if e.is_timeout() {
-                EdgeError::UpstreamTimeout { url: url.clone(), timeout_ms }
-            } else {
-                EdgeError::UpstreamUnreachable { url: url.clone(), cause: e }
-            }
-        })?;
-        match resp.status().as_u16() {
-            200 => {}
-            404 | 410 => return Err(EdgeError::NotFound { key: key.to_string() }),
-            status => return Err(EdgeError::UpstreamStatus { url, status }),
-        }
-        let declared = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let etag = resp
-            .headers()
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| v.starts_with('"') && v.ends_with('"') && v.len() >= 2)
-            .map(str::to_owned);
-        let body = resp.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                EdgeError::UpstreamTimeout { url: url.clone(), timeout_ms }
-            } else {
-                EdgeError::UpstreamTruncated { url: url.clone(), detail: e.to_string() }
-            }
-        })?;
-        // hyper already refuses a body that ends early; this also catches one
-        // that is longer than declared, and keeps the guarantee local.
-        if let Some(n) = declared {
-            if body.len() as u64 != n {
-                return Err(EdgeError::UpstreamTruncated {
-                    url,
-                    detail: format!("received {} of {n} declared bytes", body.len()),
-                });
-            }
-        }
-        let etag = etag.unwrap_or_else(|| derived_etag(&body));
-        Ok(Fetched { body, etag })
-    }
-}
-
-/// The upstreams in the order they are tried (a parent edge, then the
-/// origin), each behind its own circuit breaker.
-pub struct UpstreamSet {
-    members: Vec<(Upstream, Mutex<Breaker>)>,
-}
-
-impl UpstreamSet {
-    /// Upstreams tried in order; each opens its breaker after
-    /// `failures_to_open` failures in a row, for `cooldown`.
-    pub fn new(upstreams: Vec<Upstream>, failures_to_open: u32, cooldown: Duration) -> Self {
-        Self {
-            members: upstreams.into_iter().map(|u| (u, Mutex::new(Breaker::new(failures_to_open, cooldown)))).collect(),
-        }
-    }
-
-    fn breaker(&self, i: usize) -> MutexGuard<'_, Breaker> {
-        self.members[i].1.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Breaker states, in upstream order, for status pages.
-    pub fn states(&self) -> Vec<(String, BreakerState)> {
-        let now = Instant::now();
-        (0..self.members.len()).map(|i| (self.members[i].0.base.clone(), self.breaker(i).state(now))).collect()
-    }
-
-    /// Fetches `key` from the first upstream that delivers it. Upstream
-    /// failures move on to the next upstream; a 404 is final. With every
-    /// breaker open this fails at once instead of waiting on timeouts.
-    pub async fn fetch(&self, key: &ObjectKey, metrics: &EdgeMetrics) -> Result<Fetched, EdgeError> {
-        let mut last = None;
-        for (i, (upstream, _)) in self.members.iter().enumerate() {
-            if !self.breaker(i).allow(Instant::now()) {
-                continue;
-            }
-            metrics.upstream_fetch();
-            match upstream.fetch(key).await {
-                Ok(f) => {
-                    self.breaker(i).success();
-                    return Ok(f);
-                }
-                Err(e) if e.fault() == Fault::Upstream => {
-                    self.breaker(i).failure(Instant::now());
-                    metrics.upstream_error();
-                    tracing::warn!(%key, upstream = %upstream.base, error = %e, "upstream fetch failed");
-                    last = Some(e);
-                }
-                Err(e) => {
-                    // An answer (404): the upstream is healthy.
-                    self.breaker(i).success();
-                    return Err(e);
-                }
-            }
-        }
-        Err(last.unwrap_or(EdgeError::UpstreamsDown { count: self.members.len() }))
-    }
-}
-
-/// A strong ETag from the body, for upstreams that send none (weak ones are
-/// not reused: Range and If-None-Match from cache need a strong validator).
-fn derived_etag(body: &[u8]) -> String {
-    let mut h = std::hash::DefaultHasher::new();
-    body.hash(&mut h);
-    format!("\"{:x}-{:x}\"", body.len(), h.finish())
-}
+use crate::upstream::{derived_etag, DigestCheck};
+pub use crate::upstream::{Fetched, Opened, Upstream, UpstreamSet};
 
 /// Where the object a request got came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,16 +40,34 @@ pub enum Source {
     DiskHit,
     /// This request started the upstream fetch.
     Fetched,
-    /// This request waited on a fetch another request had started.
+    /// This request joined a fetch another request had started.
     Joined,
     /// Every upstream failed; an expired copy was served (stale-if-error).
     Stale,
 }
 
-/// The outcome of one fill, shared by every request waiting on it: the
-/// object and whether it is a stale copy served because upstreams failed.
-pub type FillResult = Result<(CachedObject, bool), Arc<EdgeError>>;
-type SharedFill = Shared<BoxFuture<'static, FillResult>>;
+/// What a lookup found.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// A whole object: from a tier, a stale copy, or a fill that had to end
+    /// first (an upstream that sent no Content-Length).
+    Whole(CachedObject, Source),
+    /// An object still arriving from upstream (`Fetched` or `Joined`):
+    /// read it as it grows.
+    Filling(Arc<GrowingBody>, Source),
+}
+
+/// How a fill started, shared by every request waiting on it.
+#[derive(Debug, Clone)]
+enum Started {
+    /// The whole object; `true` if it is a stale copy served because upstreams failed.
+    Whole(CachedObject, bool),
+    /// The upstream's head arrived; the body is arriving into this buffer.
+    Streaming(Arc<GrowingBody>),
+}
+
+type StartResult = Result<Started, Arc<EdgeError>>;
+type SharedFill = Shared<BoxFuture<'static, StartResult>>;
 
 /// The RAM tier plus the coalescing of misses in front of the upstream.
 #[derive(Clone)]
@@ -311,13 +182,14 @@ impl Filler {
     }
 
     /// The object under `key`: from the RAM tier, else the disk tier (and
-    /// promoted to RAM), else from the one upstream fetch for it.
-    pub async fn get(&self, key: &ObjectKey) -> Result<(CachedObject, Source), Arc<EdgeError>> {
+    /// promoted to RAM), else the one upstream fetch for it, as soon as the
+    /// upstream's response head is in (the body streams into the buffer).
+    pub async fn lookup(&self, key: &ObjectKey) -> Result<Found, Arc<EdgeError>> {
         if let Some(obj) = self.inner.ram.get(key) {
-            return Ok((obj, Source::Hit));
+            return Ok(Found::Whole(obj, Source::Hit));
         }
         if let Some(obj) = self.inner.disk_hit(key) {
-            return Ok((obj, Source::DiskHit));
+            return Ok(Found::Whole(obj, Source::DiskHit));
         }
         let (fill, source) = {
             let mut inflight = self.inner.lock_inflight();
@@ -325,7 +197,7 @@ impl Filler {
                 (f.clone(), Source::Joined)
             } else if let Some(obj) = self.inner.ram.get(key) {
                 // A fill completed between the first look and taking the lock.
-                return Ok((obj, Source::Hit));
+                return Ok(Found::Whole(obj, Source::Hit));
             } else {
                 let f = FillInner::start(&self.inner, key.clone());
                 inflight.insert(key.clone(), f.clone());
@@ -335,7 +207,81 @@ impl Filler {
         if source == Source::Joined {
             self.inner.metrics.coalesced();
         }
-        fill.await.map(|(obj, stale)| (obj, if stale { Source::Stale } else { source }))
+        Ok(match fill.await? {
+            Started::Whole(obj, true) => Found::Whole(obj, Source::Stale),
+            Started::Whole(obj, false) => Found::Whole(obj, source),
+            Started::Streaming(body) => Found::Filling(body, source),
+        })
+    }
+
+    /// Like [`Filler::lookup`], waiting for a fill to end: the whole object.
+    pub async fn get(&self, key: &ObjectKey) -> Result<(CachedObject, Source), Arc<EdgeError>> {
+        self.lookup(key).await?.into_whole().await
+    }
+}
+
+impl Found {
+    /// Where the object came from.
+    pub fn source(&self) -> Source {
+        match self {
+            Found::Whole(_, s) | Found::Filling(_, s) => *s,
+        }
+    }
+
+    /// The object's full length.
+    pub fn len(&self) -> u64 {
+        match self {
+            Found::Whole(obj, _) => obj.body.len() as u64,
+            Found::Filling(body, _) => body.len(),
+        }
+    }
+
+    /// True for an empty object.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole object, waiting for a fill in progress to end.
+    pub async fn into_whole(self) -> Result<(CachedObject, Source), Arc<EdgeError>> {
+        match self {
+            Found::Whole(obj, source) => Ok((obj, source)),
+            Found::Filling(body, source) => {
+                let bytes = body.complete().await?;
+                let etag = body.etag().map_or_else(|| derived_etag(&bytes), str::to_owned);
+                Ok((CachedObject { body: bytes, etag, ttl: None }, source))
+            }
+        }
+    }
+}
+
+/// Cleans up after a fill however its task ends (a panic included): the key
+/// leaves the in-flight map and readers of an unfinished body get an error
+/// instead of waiting for bytes that will never come.
+struct FillGuard {
+    inner: Arc<FillInner>,
+    key: ObjectKey,
+    body: Option<Arc<GrowingBody>>,
+    /// Set once the key left the map: a later fill of the same key may be in it by then.
+    left: bool,
+}
+
+impl FillGuard {
+    /// Takes the key out of the in-flight map (once).
+    fn leave_inflight(&mut self) {
+        if !std::mem::replace(&mut self.left, true) {
+            self.inner.lock_inflight().remove(&self.key);
+        }
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        self.leave_inflight();
+        if let Some(body) = &self.body {
+            if !body.is_complete() {
+                body.fail(Arc::new(EdgeError::Internal("the fill stopped".into())));
+            }
+        }
     }
 }
 
@@ -360,37 +306,104 @@ impl FillInner {
         self.inflight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Spawns the fetch for `key`; the caller must hold the in-flight lock and
-    /// insert the returned future, which the task removes when done.
+    /// Spawns the fill for `key`; the caller must hold the in-flight lock and
+    /// insert the returned future, which resolves once the upstream's head is
+    /// in. The task, not any client, owns the fill: a client that hangs up
+    /// does not cancel it for the others. It removes the key from the
+    /// in-flight map when the body has ended (and been stored).
     fn start(this: &Arc<Self>, key: ObjectKey) -> SharedFill {
-        let inner = Arc::clone(this);
-        let task = tokio::spawn(async move {
-            let result = inner.fetch_and_store(&key).await.map_err(Arc::new);
-            inner.lock_inflight().remove(&key);
-            result
-        });
-        async move { task.await.unwrap_or_else(|e| Err(Arc::new(EdgeError::Internal(format!("fill task: {e}"))))) }
+        let (tx, rx) = oneshot::channel();
+        let guard = FillGuard { inner: Arc::clone(this), key, body: None, left: false };
+        // Detached on purpose: the task ends when the upstream body does.
+        tokio::spawn(Self::fill(guard, tx));
+        async move { rx.await.unwrap_or_else(|_| Err(Arc::new(EdgeError::Internal("the fill task stopped".into())))) }
             .boxed()
             .shared()
     }
 
-    async fn fetch_and_store(&self, key: &ObjectKey) -> Result<(CachedObject, bool), EdgeError> {
-        let fetched = match self.upstream.fetch(key, &self.metrics).await {
-            Ok(f) => f,
+    async fn fill(mut guard: FillGuard, tx: oneshot::Sender<StartResult>) {
+        let this = Arc::clone(&guard.inner);
+        let key = guard.key.clone();
+        let (i, mut opened) = match this.upstream.open(&key, &this.metrics).await {
+            Ok(o) => o,
             Err(e) if e.retryable() => {
-                return match self.stale.get(key) {
+                let answer = match this.stale.get(&key) {
                     Some(old) => {
                         tracing::warn!(%key, error = %e, "every upstream failed: serving a stale copy");
-                        Ok((old, true))
+                        Ok(Started::Whole(old, true))
                     }
-                    None => Err(e),
+                    None => Err(Arc::new(e)),
                 };
+                drop(guard);
+                let _ = tx.send(answer);
+                return;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                drop(guard);
+                let _ = tx.send(Err(Arc::new(e)));
+                return;
+            }
         };
-        self.metrics.upstream_bytes(fetched.body.len() as u64);
+        let Some(len) = opened.len else {
+            // No length up front: a response could not declare one either, so
+            // this object is read whole before anyone is answered.
+            let result = opened.read_whole().await;
+            this.upstream.settle(i, &key, result.as_ref().map(|_| ()), &this.metrics);
+            let answer = match result {
+                Ok(fetched) => {
+                    let obj = this.store(&key, fetched.body, fetched.etag).await;
+                    Ok(Started::Whole(obj, false))
+                }
+                Err(e) => Err(Arc::new(e)),
+            };
+            drop(guard);
+            let _ = tx.send(answer);
+            return;
+        };
+        let body = GrowingBody::new(len, opened.etag.clone());
+        guard.body = Some(Arc::clone(&body));
+        let _ = tx.send(Ok(Started::Streaming(Arc::clone(&body))));
+        let ttl = if key.is_immutable() { None } else { Some(this.manifest_ttl) };
+        // Whether any tier will take it: if not, the chunks are never joined into one copy.
+        let keep = ttl.is_some() || len <= this.ram.capacity_bytes() || (this.disk.is_some() && key.is_immutable());
+        let received = async {
+            let mut digest = DigestCheck::for_etag(opened.etag.as_deref());
+            while let Some(chunk) = opened.chunk().await? {
+                digest.update(&chunk);
+                body.push(chunk).map_err(|detail| opened.truncated(detail))?;
+            }
+            let whole = body.finish(keep).map_err(|detail| opened.truncated(detail))?;
+            // Readers still lack the last byte: a mismatch aborts them too.
+            digest.verify().map_err(|detail| opened.corrupt(detail))?;
+            Ok(whole)
+        }
+        .await;
+        this.upstream.settle(i, &key, received.as_ref().map(|_| ()), &this.metrics);
+        match received {
+            Ok(Some(whole)) => {
+                let etag = opened.etag.take().unwrap_or_else(|| derived_etag(&whole));
+                this.store(&key, whole, etag).await;
+                body.mark_complete();
+            }
+            Ok(None) => {
+                this.metrics.upstream_bytes(len);
+                body.mark_complete();
+            }
+            Err(e) => {
+                // Out of the in-flight map first, so the next request refetches
+                // instead of joining a fill that is known to be broken.
+                guard.leave_inflight();
+                body.fail(Arc::new(e));
+            }
+        }
+        drop(guard);
+    }
+
+    /// Keeps a complete, length-checked body in the tiers it belongs to.
+    async fn store(&self, key: &ObjectKey, body: Bytes, etag: String) -> CachedObject {
+        self.metrics.upstream_bytes(body.len() as u64);
         let ttl = if key.is_immutable() { None } else { Some(self.manifest_ttl) };
-        let obj = CachedObject { body: fetched.body, etag: fetched.etag, ttl };
+        let obj = CachedObject { body, etag, ttl };
         if ttl.is_some() {
             self.stale.insert(key.clone(), CachedObject { ttl: None, ..obj.clone() });
         }
@@ -400,8 +413,8 @@ impl FillInner {
             self.ram.insert(key.clone(), obj.clone());
         }
         if let (Some(disk), true) = (&self.disk, key.is_immutable()) {
-            // The body is complete and its length checked; write it before the
-            // fill leaves the in-flight map so a later miss finds it on disk.
+            // Written before the fill leaves the in-flight map, so a later
+            // miss finds it on disk.
             let (d, k, o) = (Arc::clone(disk), key.clone(), obj.clone());
             let stored = tokio::task::spawn_blocking(move || d.insert(&k, &o.body, &o.etag, false)).await;
             match stored {
@@ -411,26 +424,6 @@ impl FillInner {
                 Err(e) => tracing::warn!(%key, error = %e, "disk tier write task failed"),
             }
         }
-        Ok((obj, false))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn derived_etags_are_strong_and_follow_the_body() {
-        let a = derived_etag(b"abc");
-        assert!(a.starts_with('"') && a.ends_with('"'));
-        assert_eq!(a, derived_etag(b"abc"));
-        assert_ne!(a, derived_etag(b"abd"));
-    }
-
-    #[test]
-    fn urls_join_base_and_key_once() {
-        let u = Upstream::new("http://127.0.0.1:9/", Duration::from_millis(10)).unwrap();
-        let k = ObjectKey::parse("titles/t1/v1/1.m4s").unwrap();
-        assert_eq!(u.url_of(&k), "http://127.0.0.1:9/titles/t1/v1/1.m4s");
+        obj
     }
 }

@@ -44,6 +44,8 @@ pub struct EdgeMetrics {
     upstream_errors: AtomicU64,
     upstream_bytes: AtomicU64,
     coalesced: AtomicU64,
+    streamed_misses: AtomicU64,
+    segment_misses: AtomicU64,
     log_rows_dropped: AtomicU64,
     latency: LatencyHistogram,
 }
@@ -110,6 +112,16 @@ impl EdgeMetrics {
     /// Counts a request that waited on another request's fetch instead of starting one.
     pub fn coalesced(&self) {
         self.coalesced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a miss whose body was streamed while the object was still arriving.
+    pub fn streamed_miss(&self) {
+        self.streamed_misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a miss on a segment or init segment (an immutable object): what prefill is meant to avoid.
+    pub fn segment_miss(&self) {
+        self.segment_misses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request-log row dropped because the writer fell behind.
@@ -197,6 +209,18 @@ impl EdgeMetrics {
             "counter",
             "Misses that joined a fetch already in flight.",
             &[("", get(&self.coalesced))],
+        );
+        metric(
+            "edge_streamed_misses_total",
+            "counter",
+            "Miss responses streamed while their object was still arriving from upstream.",
+            &[("", get(&self.streamed_misses))],
+        );
+        metric(
+            "edge_segment_misses_total",
+            "counter",
+            "Misses on segments and init segments (playlists and catalogs, refreshed by TTL, are not counted).",
+            &[("", get(&self.segment_misses))],
         );
         metric(
             "edge_request_log_dropped_total",

@@ -21,8 +21,11 @@ async fn status_and_purge_need_the_token_and_purge_every_tier() {
     };
     let edge = start_edge(cfg).await;
     let c = client();
-    for (k, _) in &objs {
-        assert_eq!(c.get(format!("{}/{k}", edge.url())).send().await.unwrap().status(), 200);
+    for (k, bytes) in &objs {
+        let r = c.get(format!("{}/{k}", edge.url())).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        // A miss streams: its head comes before the fill is stored, its whole body after.
+        assert_eq!(&r.bytes().await.unwrap()[..], &bytes[..]);
     }
     let url = |p: &str| format!("{}/admin/{p}", edge.url());
     assert_eq!(c.get(url("status")).send().await.unwrap().status(), 401);

@@ -2,10 +2,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -95,48 +93,22 @@ async fn a_restart_keeps_the_disk_tier_warm_and_flipped_bytes_are_refetched() {
     origin.stop().await;
 }
 
-/// The real `edge` binary, killed with SIGKILL on drop if still running.
-struct EdgeProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl EdgeProcess {
-    fn start(upstream: &str, dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_edge"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream, "--ram-bytes", "1000"])
-            .arg("--disk-path")
-            .arg(dir)
-            .args(["--disk-bytes", "8000000"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(a) = line.strip_prefix("edge listening on ") {
-                    let _ = tx.send(a.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx.recv_timeout(DEADLINE).expect("edge did not announce its address").parse().unwrap();
-        Self { child, addr }
-    }
-
-    fn kill(&mut self) {
-        // std's kill is SIGKILL on Unix: no shutdown code runs.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The real `edge` binary in front of `upstream`, with an 8 MB disk tier in `dir`.
+fn start_edge_process(upstream: &str, dir: &Path) -> EdgeProcess {
+    let dir = dir.display().to_string();
+    EdgeProcess::spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream,
+        "--ram-bytes",
+        "1000",
+        "--disk-path",
+        &dir,
+        "--disk-bytes",
+        "8000000",
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +118,7 @@ async fn sigkill_while_filling_then_restart_serves_only_the_origins_bytes() {
     let objs = segments(200);
     let (origin, _store) = start_origin(&as_refs(&objs)).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut edge = EdgeProcess::start(&origin.url(), dir.path());
+    let mut edge = start_edge_process(&origin.url(), dir.path());
     let url = format!("http://{}", edge.addr);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let tasks: Vec<_> = objs
@@ -173,7 +145,7 @@ async fn sigkill_while_filling_then_restart_serves_only_the_origins_bytes() {
         t.await.unwrap();
     }
 
-    let edge = EdgeProcess::start(&origin.url(), dir.path());
+    let edge = start_edge_process(&origin.url(), dir.path());
     let url = format!("http://{}", edge.addr);
     let started = Instant::now();
     assert!(sample(edge.addr, "edge_cache_objects{tier=\"disk\"}").await > 0.0, "nothing survived the kill");

@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -152,50 +149,31 @@ async fn an_edge_fills_from_the_peer_that_holds_an_object_and_the_origin_sees_no
     origin.stop().await;
 }
 
-/// The real `edge` binary, killed with SIGKILL on drop if still running.
-struct EdgeProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl EdgeProcess {
-    fn start(upstream: &str, dir: &Path, plan: &Path, rate_bps: Option<u64>) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--upstream", upstream, "--ram-bytes", "1000"])
-            .arg("--disk-path")
-            .arg(dir)
-            .args(["--disk-bytes", "16000000", "--name", "e"])
-            .arg("--prefill")
-            .arg(plan);
-        if let Some(r) = rate_bps {
-            cmd.args(["--prefill-rate-bps", &r.to_string()]);
-        }
-        let mut child =
-            cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starting edge");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(a) = line.strip_prefix("edge listening on ") {
-                    let _ = tx.send(a.trim().to_owned());
-                }
-            }
-        });
-        let addr = rx.recv_timeout(DEADLINE).expect("edge did not announce its address").parse().unwrap();
-        Self { child, addr }
+/// The real `edge` binary in front of `upstream`, prefilling `plan` onto a disk tier in `dir`.
+fn start_edge_process(upstream: &str, dir: &Path, plan: &Path, rate_bps: Option<u64>) -> EdgeProcess {
+    let (dir, plan) = (dir.display().to_string(), plan.display().to_string());
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream,
+        "--ram-bytes",
+        "1000",
+        "--disk-path",
+        &dir,
+        "--disk-bytes",
+        "16000000",
+        "--name",
+        "e",
+        "--prefill",
+        &plan,
+    ];
+    let rate = rate_bps.map(|r| r.to_string());
+    if let Some(r) = &rate {
+        args.extend(["--prefill-rate-bps", r.as_str()]);
     }
-
-    fn kill(&mut self) {
-        // std's kill is SIGKILL on Unix: no shutdown code runs.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    EdgeProcess::spawn(&args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +187,7 @@ async fn sigkill_mid_prefill_then_restart_resumes_and_serves_only_whole_objects(
     let plan_path = dir.path().join("plan.json");
     std::fs::write(&plan_path, serde_json::to_vec(&plan_of(&objs)).unwrap()).unwrap();
     let disk_dir = dir.path().join("disk");
-    let mut first = EdgeProcess::start(&proxy.url(), &disk_dir, &plan_path, Some(2_000_000));
+    let mut first = start_edge_process(&proxy.url(), &disk_dir, &plan_path, Some(2_000_000));
     assert!(
         eventually(|| async { metric(first.addr, "edge_prefill_held_objects").await >= 3.0 }).await,
         "prefill did not start"
@@ -217,7 +195,7 @@ async fn sigkill_mid_prefill_then_restart_resumes_and_serves_only_whole_objects(
     first.kill();
     let fetched_before = proxy.hits();
     assert!(fetched_before < 20, "the kill came after the whole plan: {fetched_before}");
-    let second = EdgeProcess::start(&proxy.url(), &disk_dir, &plan_path, None);
+    let second = start_edge_process(&proxy.url(), &disk_dir, &plan_path, None);
     assert!(
         eventually(|| async { metric(second.addr, "edge_prefill_held_objects").await == 20.0 }).await,
         "the restarted edge did not complete the plan"

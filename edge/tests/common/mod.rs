@@ -266,3 +266,47 @@ pub fn cold_burst(
         })
         .collect()
 }
+
+/// The real `edge` binary started with `edge serve ARGS`; SIGKILLed on drop if still running.
+pub struct EdgeProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl EdgeProcess {
+    /// Starts `edge` with `args` (logs at `warn`) and waits for its "edge listening on" line.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edge"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting edge");
+        let stderr = child.stderr.take().expect("edge stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("edge listening on ") {
+                    let _ = tx.send(a.trim().to_owned());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(DEADLINE).expect("edge did not announce its address").parse().unwrap();
+        Self { child, addr }
+    }
+
+    /// SIGKILL (std's kill on Unix): no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
