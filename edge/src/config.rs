@@ -70,6 +70,10 @@ pub struct EdgeConfig {
     /// Bearer token steering expects on heartbeats (its `heartbeat_token`).
     #[serde(default)]
     pub heartbeat_token: Option<String>,
+    /// Per-edge secret from `edge enroll` (base64): heartbeats, fill-plan and popularity requests are
+    /// signed with it as edge `name`, and steering's heartbeat answers update the accepted token keys.
+    #[serde(default)]
+    pub edge_secret: Option<String>,
     /// Time between two heartbeats (steering's default timeout, 2.5 s, tolerates one lost).
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
@@ -82,6 +86,14 @@ pub struct EdgeConfig {
     /// Egress this edge sustains, bits/s, reported to steering for its overload threshold.
     #[serde(default)]
     pub max_load_bps: Option<u64>,
+    /// Client prefixes (CIDR) this edge serves, reported to steering with the ones learned over BGP
+    /// (for ISPs without a BGP session).
+    #[serde(default)]
+    pub static_prefixes: Vec<String>,
+    /// Receive-only BGP session with the ISP's router (`[bgp]`): the client prefixes it announces are
+    /// reported to steering.
+    #[serde(default)]
+    pub bgp: Option<crate::bgp::BgpConfig>,
     /// A fill plan to pull onto the disk tier, pinned, at start: a JSON file, or an
     /// `http://` URL to GET it from (steering's `/v1/fill-plan/{edge}`).
     #[serde(default)]
@@ -110,6 +122,10 @@ pub struct EdgeConfig {
     /// How long manifests and catalogs are served from cache (segments: until evicted).
     #[serde(default = "default_manifest_ttl_ms")]
     pub manifest_ttl_ms: u64,
+    /// A client must send a request's headers within this long, and a kept-alive
+    /// HTTP/1.1 connection idle this long between requests is closed.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
 }
 
 /// One accepted token signing key.
@@ -147,6 +163,9 @@ fn default_key_id() -> String {
 fn default_upstream_timeout_ms() -> u64 {
     5000
 }
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
+}
 fn default_manifest_ttl_ms() -> u64 {
     // Matches the origin's `max-age=10` on manifests.
     10_000
@@ -172,10 +191,13 @@ impl EdgeConfig {
             token_keys: Vec::new(),
             steering: None,
             heartbeat_token: None,
+            edge_secret: None,
             heartbeat_interval_ms: default_heartbeat_interval_ms(),
             site: None,
             public_url: None,
             max_load_bps: None,
+            static_prefixes: Vec::new(),
+            bgp: None,
             admin_token: None,
             prefill_plan: None,
             prefill_window: None,
@@ -185,6 +207,7 @@ impl EdgeConfig {
             max_connections: default_max_connections(),
             upstream_timeout_ms: default_upstream_timeout_ms(),
             manifest_ttl_ms: default_manifest_ttl_ms(),
+            header_read_timeout_ms: default_header_read_timeout_ms(),
         }
     }
 
@@ -196,6 +219,11 @@ impl EdgeConfig {
             .into_iter()
             .chain(self.token_keys.iter().map(|k| TokenKey::new(k.id.clone(), k.secret.as_bytes().to_vec())))
             .collect()
+    }
+
+    /// The signer for requests to steering, when the edge is enrolled (`edge_secret`; call after `validate`).
+    pub fn signer(&self) -> Option<vod::edge_auth::EdgeSigner> {
+        self.edge_secret.as_deref().and_then(|s| vod::edge_auth::EdgeSigner::new(self.name.clone(), s).ok())
     }
 
     /// Steering's base URL without a trailing slash, if set.
@@ -238,7 +266,9 @@ impl EdgeConfig {
         }
     }
 
-    /// Rejects settings the edge cannot run with.
+    /// Rejects settings the edge cannot run with. Each message starts with the
+    /// key it is about (`bgp.peer ...`) and quotes a bad value with `{:?}`:
+    /// `config_check` finds the key's line in the file from that.
     pub fn validate(&self) -> Result<(), EdgeError> {
         for upstream in self.all_upstreams() {
             let rest = upstream.strip_prefix("http://").ok_or_else(|| {
@@ -270,6 +300,9 @@ impl EdgeConfig {
         if self.upstream_timeout_ms == 0 {
             return Err(EdgeError::Config("upstream_timeout_ms must be above 0".into()));
         }
+        if self.header_read_timeout_ms == 0 {
+            return Err(EdgeError::Config("header_read_timeout_ms must be above 0".into()));
+        }
         match (&self.disk_path, self.disk_bytes) {
             (Some(_), None) | (None, Some(_)) => {
                 return Err(EdgeError::Config("disk_path and disk_bytes go together".into()));
@@ -281,10 +314,19 @@ impl EdgeConfig {
             return Err(EdgeError::Config("name must not be empty".into()));
         }
         self.validate_keys()?;
+        crate::bgp::parse_static(&self.static_prefixes)?;
+        if let Some(bgp) = &self.bgp {
+            bgp.validate()?;
+        }
         self.validate_steering()
     }
 
     fn validate_keys(&self) -> Result<(), EdgeError> {
+        if let Some(secret) = &self.edge_secret {
+            vod::edge_auth::EdgeSigner::new(self.name.clone(), secret).map_err(|e| {
+                EdgeError::Config(format!("edge_secret (with name {:?}): {e}; run `edge enroll` again", self.name))
+            })?;
+        }
         let bad_id = |id: &str| id.is_empty() || id.contains('|');
         if self.token_secret.is_some() && bad_id(&self.token_key_id) {
             return Err(EdgeError::Config("token_key_id must be non-empty and must not contain '|'".into()));
@@ -408,7 +450,8 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// Reads `--config` if given, applies the flags on top and validates.
+    /// Reads `--config` if given, applies the flags on top and validates; each
+    /// problem names its key and its line in the file (`FILE:LINE: key ...`).
     pub fn load(&self) -> Result<EdgeConfig, EdgeError> {
         let file_text = match &self.config {
             Some(p) => Some(
@@ -416,18 +459,35 @@ impl ServeArgs {
             ),
             None => None,
         };
-        self.merge(file_text.as_deref())
+        let shown = self.config.as_ref().map_or_else(|| "flags".to_owned(), |p| p.display().to_string());
+        self.merge_located(file_text.as_deref())
+            .map_err(|problems| EdgeError::Config(crate::config_check::render_all(&problems, &shown)))
     }
 
     /// Applies the flags over `file_text` (TOML), then validates.
     pub fn merge(&self, file_text: Option<&str>) -> Result<EdgeConfig, EdgeError> {
-        let mut table: toml::Table = match file_text {
-            Some(t) => toml::from_str(t).map_err(|e| EdgeError::Config(format!("config file: {e}")))?,
-            None => toml::Table::new(),
+        self.merge_located(file_text)
+            .map_err(|problems| EdgeError::Config(crate::config_check::render_all(&problems, "config file")))
+    }
+
+    /// `merge`, with every problem located: the key, and its line in `file_text` or the flag that set it.
+    pub fn merge_located(
+        &self,
+        file_text: Option<&str>,
+    ) -> Result<EdgeConfig, Vec<crate::config_check::ConfigProblem>> {
+        use crate::config_check::{self as check, KeyLines};
+        let (mut table, lines): (toml::Table, KeyLines) = match file_text {
+            Some(t) => {
+                let lines = KeyLines::parse(t).map_err(|p| vec![p])?;
+                (toml::from_str(t).map_err(|e| vec![check::syntax_problem(t, &e)])?, lines)
+            }
+            None => (toml::Table::new(), KeyLines::default()),
         };
+        let mut flag_keys: Vec<String> = Vec::new();
         // Flags go into the same table as the file so one deserialisation does
         // the defaults, the required-field checks and `deny_unknown_fields`.
         let mut set = |k: &str, v: toml::Value| {
+            flag_keys.push(k.to_owned());
             table.insert(k.to_owned(), v);
         };
         let path = |p: &PathBuf| toml::Value::String(p.display().to_string());
@@ -507,13 +567,8 @@ impl ServeArgs {
         if let Some(v) = &self.admin_token {
             set("admin_token", toml::Value::String(v.clone()));
         }
-        let cfg: EdgeConfig = table.try_into().map_err(|e: toml::de::Error| {
-            EdgeError::Config(format!(
-                "{} (the minimum is --upstream URL --ram-bytes N, or the same in --config FILE)",
-                e.message()
-            ))
-        })?;
-        cfg.validate()?;
+        let cfg = check::deserialize(table, &lines, &flag_keys)?;
+        check::validate(&cfg, &lines, &flag_keys)?;
         Ok(cfg)
     }
 }

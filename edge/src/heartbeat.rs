@@ -4,6 +4,11 @@
 //! out when heartbeats stop (2.5 s by default), so a dead edge loses its
 //! players within 3 s; a graceful stop sends a last heartbeat saying
 //! `drained` so steering stops sending players at once.
+//!
+//! An enrolled edge (`edge_secret`) signs each heartbeat (`vod::edge_auth`)
+//! and takes the URL-signing keys in steering's answer as the keys it
+//! accepts from then on, so a key rotation on steering reaches it within a
+//! heartbeat.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -25,6 +30,8 @@ pub struct HeartbeatSettings {
     pub endpoint: String,
     /// Bearer token steering expects.
     pub token: Option<String>,
+    /// Signs heartbeats as an enrolled edge.
+    pub signer: Option<vod::edge_auth::EdgeSigner>,
     /// Time between two heartbeats.
     pub interval: Duration,
     /// Base URL players reach this edge at.
@@ -33,6 +40,8 @@ pub struct HeartbeatSettings {
     pub site: Option<String>,
     /// Egress capacity, bits/s (0: unknown).
     pub max_load_bps: u64,
+    /// Client prefixes to report: static ones and those learned over BGP.
+    pub prefixes: crate::bgp::ClientPrefixes,
 }
 
 /// Egress rate between two samples of the served-bytes counter.
@@ -83,17 +92,52 @@ pub fn describe(state: &EdgeState, settings: &HeartbeatSettings, load_bps: u64, 
     hb.titles = titles_held(state);
     hb.url = Some(settings.public_url.clone());
     hb.site.clone_from(&settings.site);
+    hb.prefixes = settings.prefixes.current();
     hb
 }
 
-async fn send(client: &reqwest::Client, settings: &HeartbeatSettings, hb: &Heartbeat) -> Result<(), String> {
-    let mut req = client.post(&settings.endpoint).json(hb);
+/// Unix seconds now.
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Adds the signature headers of `signer` (if any) to a request of `method` to `url` with `body`.
+pub fn sign_request(
+    mut req: reqwest::RequestBuilder,
+    signer: Option<&vod::edge_auth::EdgeSigner>,
+    method: &str,
+    url: &str,
+    body: &[u8],
+) -> reqwest::RequestBuilder {
+    let Some(signer) = signer else { return req };
+    let path = match reqwest::Url::parse(url) {
+        Ok(u) => match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        },
+        Err(_) => return req,
+    };
+    for (k, v) in signer.headers(method, &path, body, unix_now_s()) {
+        req = req.header(k, v);
+    }
+    req
+}
+
+async fn send(
+    client: &reqwest::Client,
+    settings: &HeartbeatSettings,
+    hb: &Heartbeat,
+) -> Result<vod::edge_auth::HeartbeatKeys, String> {
+    let body = serde_json::to_vec(hb).map_err(|e| e.to_string())?;
+    let mut req = client.post(&settings.endpoint).header(reqwest::header::CONTENT_TYPE, "application/json");
     if let Some(t) = &settings.token {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.map_err(|e| e.to_string())?;
+    req = sign_request(req, settings.signer.as_ref(), "POST", &settings.endpoint, &body);
+    let resp = req.body(body).send().await.map_err(|e| e.to_string())?;
     if resp.status().is_success() {
-        Ok(())
+        // Only the keys matter here; an answer without them (or unreadable) changes nothing.
+        Ok(resp.json().await.unwrap_or_default())
     } else {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
@@ -136,12 +180,15 @@ pub fn spawn(
                 _ = &mut stop => break,
                 r = send(&client, &settings, &hb) => r,
             };
+            if let (Ok(keys), Some(_)) = (&sent, &settings.signer) {
+                apply_keys(&state, keys);
+            }
             match sent {
-                Ok(()) if failing => {
+                Ok(_) if failing => {
                     tracing::info!(steering = %settings.endpoint, "heartbeats accepted again");
                     failing = false;
                 }
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(e) if !failing => {
                     tracing::warn!(steering = %settings.endpoint, error = %e, "heartbeat refused or lost");
                     failing = true;
@@ -155,6 +202,25 @@ pub fn spawn(
             tracing::debug!(error = %e, "last (drained) heartbeat not delivered");
         }
     })
+}
+
+/// Takes steering's URL-signing keys as the accepted ones, when the answer carries a usable set.
+fn apply_keys(state: &EdgeState, answer: &vod::edge_auth::HeartbeatKeys) {
+    let Some(keys) = &answer.token_keys else { return };
+    let usable: Vec<&vod::edge_auth::KeySpec> =
+        keys.iter().filter(|k| !k.id.is_empty() && !k.id.contains('|') && !k.secret.is_empty()).collect();
+    if usable.is_empty() {
+        return;
+    }
+    let current: Vec<String> = state.token_keys().iter().map(|k| k.id.clone()).collect();
+    let ids: Vec<String> = usable.iter().map(|k| k.id.clone()).collect();
+    let new: Vec<vod::token::TokenKey> =
+        usable.iter().map(|k| vod::token::TokenKey::new(k.id.clone(), k.secret.as_bytes().to_vec())).collect();
+    if current != ids {
+        tracing::info!(keys = ?ids, "URL-signing keys updated by steering");
+    }
+    // Replaced even when the ids match: a key id may come back with another secret.
+    state.set_token_keys(new);
 }
 
 #[cfg(test)]

@@ -9,13 +9,18 @@
 //! tier and policy code without HTTP or files.
 
 pub mod admin;
+pub mod bgp;
 pub mod breaker;
 pub mod config;
+pub mod config_check;
 pub mod disk;
 mod disk_journal;
 pub mod disk_log;
+pub mod doctor;
+pub mod enroll;
 pub mod error;
 pub mod fill;
+pub mod fill_stream;
 pub mod heartbeat;
 pub mod listener;
 pub mod memory;
@@ -27,6 +32,7 @@ pub mod prefill_window;
 pub mod replay;
 pub mod request_log;
 pub mod server;
+pub mod upstream;
 
 pub use config::{EdgeConfig, ServeArgs};
 pub use error::{EdgeError, Fault};

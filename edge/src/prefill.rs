@@ -180,7 +180,14 @@ pub struct PrefillSettings {
     pub window_poll: Duration,
     /// Timeout for peer requests.
     pub peer_timeout: Duration,
+    /// How long a plan stands: its objects stay pinned this long after the
+    /// run starts, then eviction may take them like any other (`None`:
+    /// until a later plan drops them).
+    pub pin_for: Option<Duration>,
 }
+
+/// How long a fill plan stands by default: plans are made for the next day.
+pub const PLAN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for PrefillSettings {
     fn default() -> Self {
@@ -190,12 +197,21 @@ impl Default for PrefillSettings {
             clock: system_clock(),
             window_poll: Duration::from_secs(30),
             peer_timeout: Duration::from_secs(5),
+            pin_for: Some(PLAN_LIFETIME),
         }
     }
 }
 
 /// Reads a plan from a JSON file or, for an `http://` location, GETs it.
 pub async fn load_plan(location: &Path) -> Result<EdgeFillPlan, EdgeError> {
+    load_plan_signed(location, None).await
+}
+
+/// [`load_plan`], signing the GET as an enrolled edge when `signer` is given.
+pub async fn load_plan_signed(
+    location: &Path,
+    signer: Option<&vod::edge_auth::EdgeSigner>,
+) -> Result<EdgeFillPlan, EdgeError> {
     let text = location.to_string_lossy();
     if text.starts_with("http://") || text.starts_with("https://") {
         let client = reqwest::Client::builder()
@@ -203,7 +219,8 @@ pub async fn load_plan(location: &Path) -> Result<EdgeFillPlan, EdgeError> {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| EdgeError::Config(format!("building the plan client: {e}")))?;
-        let resp = client.get(text.as_ref()).send().await.map_err(|e| EdgeError::Config(format!("GET {text}: {e}")))?;
+        let req = crate::heartbeat::sign_request(client.get(text.as_ref()), signer, "GET", &text, b"");
+        let resp = req.send().await.map_err(|e| EdgeError::Config(format!("GET {text}: {e}")))?;
         if !resp.status().is_success() {
             return Err(EdgeError::Config(format!("GET {text}: HTTP {}", resp.status())));
         }
@@ -237,6 +254,9 @@ pub async fn run(
         Ok(Err(e)) => tracing::warn!(error = %e, "prefill: unpinning the previous plan failed"),
         Err(e) => tracing::warn!(error = %e, "prefill: unpin task failed"),
     }
+    let pin_until = settings.pin_for.map(|d| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |n| n.as_secs()) + d.as_secs()
+    });
     let peers = PeerClient::new(settings.peer_timeout);
     let mut bucket = settings.rate_bps.map(|r| TokenBucket::new(r, r.min(8 << 20)));
     for object in objects {
@@ -251,6 +271,7 @@ pub async fn run(
         };
         let (d, k) = (Arc::clone(&disk), key.clone());
         if let Ok(Ok(true)) = tokio::task::spawn_blocking(move || d.pin(&k)).await {
+            pin_with_plan(&disk, &key, pin_until).await;
             report.already_held += 1;
             progress.held_objects.fetch_add(1, Ordering::Relaxed);
             progress.held_bytes.fetch_add(object.bytes, Ordering::Relaxed);
@@ -293,6 +314,7 @@ pub async fn run(
         };
         match result {
             Ok(n) => {
+                pin_with_plan(&disk, &key, pin_until).await;
                 report.fetched += 1;
                 report.bytes += n;
                 if filler.disk().is_some_and(|d| d.holds(&key)) {
@@ -310,6 +332,17 @@ pub async fn run(
     progress.set_state(PrefillState::Done);
     tracing::info!(?report, "prefill done");
     report
+}
+
+/// Makes `key`'s pin lapse at `until` (Unix seconds), when the plan does.
+async fn pin_with_plan(disk: &Arc<crate::disk::DiskTier>, key: &ObjectKey, until: Option<u64>) {
+    let Some(until) = until else { return };
+    let (d, k) = (Arc::clone(disk), key.clone());
+    match tokio::task::spawn_blocking(move || d.pin_until(&k, until)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(%key, error = %e, "prefill: setting the pin's end failed"),
+        Err(e) => tracing::warn!(%key, error = %e, "prefill: pin task failed"),
+    }
 }
 
 /// Returns once the window is open (at once without a window).

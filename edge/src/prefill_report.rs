@@ -60,12 +60,25 @@ pub async fn send(
     token: Option<&str>,
     day: &DailyPopularity,
 ) -> Result<(), EdgeError> {
+    send_signed(client, steering, token, None, day).await
+}
+
+/// [`send`], signed as an enrolled edge when `signer` is given.
+pub async fn send_signed(
+    client: &reqwest::Client,
+    steering: &str,
+    token: Option<&str>,
+    signer: Option<&vod::edge_auth::EdgeSigner>,
+    day: &DailyPopularity,
+) -> Result<(), EdgeError> {
     let url = format!("{}/v1/popularity", steering.trim_end_matches('/'));
-    let mut req = client.post(&url).json(day);
+    let body = serde_json::to_vec(day).map_err(|e| EdgeError::Config(format!("encoding the report: {e}")))?;
+    let mut req = client.post(&url).header(reqwest::header::CONTENT_TYPE, "application/json");
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.map_err(|e| EdgeError::Config(format!("POST {url}: {e}")))?;
+    req = crate::heartbeat::sign_request(req, signer, "POST", &url, &body);
+    let resp = req.body(body).send().await.map_err(|e| EdgeError::Config(format!("POST {url}: {e}")))?;
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.text().await.unwrap_or_default();
@@ -80,6 +93,8 @@ pub struct ReporterSettings {
     pub log: PathBuf,
     pub steering: String,
     pub token: Option<String>,
+    /// Signs reports as an enrolled edge.
+    pub signer: Option<vod::edge_auth::EdgeSigner>,
     pub edge: String,
     pub site: Option<String>,
     pub interval: Duration,
@@ -115,7 +130,8 @@ pub fn spawn(settings: ReporterSettings) -> tokio::task::JoinHandle<()> {
             };
             let recent = days.len().saturating_sub(2);
             for day in &days[recent..] {
-                if let Err(e) = send(&client, &settings.steering, settings.token.as_deref(), day).await {
+                let (token, signer) = (settings.token.as_deref(), settings.signer.as_ref());
+                if let Err(e) = send_signed(&client, &settings.steering, token, signer, day).await {
                     tracing::warn!(day = day.day, error = %e, "popularity report not sent");
                 }
             }

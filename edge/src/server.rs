@@ -23,15 +23,17 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use axum::Router;
-use origin::http_object::{add_cors, error_response, object_response, preflight};
+use origin::http_object::{add_cors, error_response, object_response, preflight, Plan, IMMUTABLE, SHORT_LIVED};
+use origin::store::ObjectMeta;
 use vod::token::{verify, TokenKey};
 use vod::ObjectKey;
 
 use crate::config::EdgeConfig;
 use crate::disk::DiskTier;
 use crate::error::{EdgeError, Fault};
-use crate::fill::{Filler, Source, Upstream, UpstreamSet};
-use crate::listener::{CappedListener, PeerAddr};
+use crate::fill::{Filler, Found, Source, Upstream, UpstreamSet};
+use crate::fill_stream::GrowingBody;
+use crate::listener::{ConnectionCap, PeerAddr};
 use crate::memory::MemoryTier;
 use crate::metrics::{CacheResult, DiskGauges, EdgeMetrics, TierGauges};
 use crate::request_log::RequestLog;
@@ -84,7 +86,8 @@ pub fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>) -> IpAddr {
 /// Shared state of one running edge.
 pub struct EdgeState {
     pub(crate) name: String,
-    keys: Vec<TokenKey>,
+    /// Accepted URL-signing keys; steering's heartbeat answers replace them on enrolled edges.
+    keys: std::sync::RwLock<Arc<[TokenKey]>>,
     pub(crate) filler: Filler,
     pub(crate) metrics: Arc<EdgeMetrics>,
     log: Option<RequestLog>,
@@ -95,6 +98,8 @@ pub struct EdgeState {
     pub(crate) prefill: Arc<crate::prefill::PrefillProgress>,
     /// Steering's base URL, for the content-steering tag of master playlists.
     steering: Option<String>,
+    /// The BGP session's gauges for `/metrics` (set once the speaker runs).
+    pub(crate) bgp: crate::bgp::BgpGauges,
 }
 
 impl EdgeState {
@@ -128,7 +133,7 @@ impl EdgeState {
         let keys: Vec<TokenKey> = config.token_key_list();
         Ok(Self {
             name: config.name.clone(),
-            keys,
+            keys: std::sync::RwLock::new(keys.into()),
             filler,
             metrics,
             log,
@@ -136,7 +141,20 @@ impl EdgeState {
             drained: AtomicBool::new(false),
             prefill: Default::default(),
             steering: config.steering_base().map(str::to_owned),
+            bgp: Default::default(),
         })
+    }
+}
+
+impl EdgeState {
+    /// The URL-signing keys accepted right now.
+    pub fn token_keys(&self) -> Arc<[TokenKey]> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Replaces the accepted URL-signing keys (a rotation handed down by steering).
+    pub fn set_token_keys(&self, keys: Vec<TokenKey>) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys.into();
     }
 }
 
@@ -169,6 +187,9 @@ async fn handle(State(state): State<Arc<EdgeState>>, req: Request<Body>) -> Resp
                 Err(e) => (failure(&state, &e, key_path), CacheResult::Error),
             };
             state.metrics.request(result);
+            if result == CacheResult::Miss && ObjectKey::parse(key_path).is_ok_and(|k| k.is_immutable()) {
+                state.metrics.segment_miss();
+            }
             state.metrics.observe_latency(started.elapsed());
             if method == Method::GET && resp.status().is_success() {
                 state.metrics.served(content_length(&resp));
@@ -194,7 +215,7 @@ async fn serve_object(
 ) -> Result<(Response<Body>, CacheResult), Arc<EdgeError>> {
     let key = ObjectKey::parse(key_path).map_err(|e| Arc::new(e.into()))?;
     if let Some(token) = token {
-        verify(&state.keys, token, key.title(), now_unix_s()).map_err(|e| Arc::new(e.into()))?;
+        verify(&state.token_keys(), token, key.title(), now_unix_s()).map_err(|e| Arc::new(e.into()))?;
     }
     if token.is_none() && only_if_cached(headers) {
         // A peer's prefill asks only for what this edge holds (RFC 9111 5.2.1.7): never fill for it.
@@ -203,16 +224,25 @@ async fn serve_object(
             None => (error_response(StatusCode::GATEWAY_TIMEOUT, "not cached here"), CacheResult::Miss),
         });
     }
-    let (obj, source) = state.filler.get(&key).await?;
-    let result = match source {
+    let found = state.filler.lookup(&key).await?;
+    let result = match found.source() {
         Source::Hit => CacheResult::Hit,
         Source::DiskHit => CacheResult::DiskHit,
         Source::Stale => CacheResult::Stale,
         Source::Fetched | Source::Joined => CacheResult::Miss,
     };
     if let Some(log) = &state.log {
-        log.record(client_ip(headers, peer), key.to_string(), obj.body.len() as u64);
+        log.record(client_ip(headers, peer), key.to_string(), found.len());
     }
+    let steered = token.is_some() && state.steering.is_some() && is_master_playlist(&key);
+    let obj = match found {
+        // The master playlist is rewritten whole; everything else streams while it fills.
+        Found::Filling(body, _) if !steered => {
+            state.metrics.streamed_miss();
+            return Ok((streamed_response(method, headers, &key, &body), result));
+        }
+        found => found.into_whole().await?.0,
+    };
     if let (Some(_), Some(steering)) = (token, &state.steering) {
         if let Some((body, etag)) = steered_master(&key, &obj.body, &obj.etag, steering) {
             return Ok((object_response(method, headers, &key, body, &etag), result));
@@ -225,7 +255,7 @@ async fn serve_object(
 /// None for any other object (or a master that does not parse as one).
 fn steered_master(key: &ObjectKey, body: &[u8], etag: &str, steering: &str) -> Option<(bytes::Bytes, String)> {
     let title = key.title();
-    if key.to_string() != format!("titles/{title}/hls/master.m3u8") {
+    if !is_master_playlist(key) {
         return None;
     }
     let text = std::str::from_utf8(body).ok()?;
@@ -234,6 +264,51 @@ fn steered_master(key: &ObjectKey, body: &[u8], etag: &str, steering: &str) -> O
     // A different body needs a different strong ETag.
     let etag = format!("\"{}-steered\"", etag.trim_matches('"'));
     Some((bytes::Bytes::from(steered), etag))
+}
+
+fn is_master_playlist(key: &ObjectKey) -> bool {
+    key.to_string() == format!("titles/{}/hls/master.m3u8", key.title())
+}
+
+/// The response for an object still arriving from upstream: the head at
+/// once (length and ETag from the upstream's head, so Range, 304 and 412 are
+/// decided as for a cached copy), the body from the fill's buffer as it
+/// grows. A Range is served from that buffer too, once its bytes arrive: it
+/// is never passed through to the upstream, which would fetch the same bytes
+/// twice over the link the fill is already using. If the fill breaks, the
+/// body stream fails and hyper aborts the connection: the client sees a
+/// body shorter than its Content-Length, never a short one that looks whole.
+fn streamed_response(method: &Method, headers: &HeaderMap, key: &ObjectKey, body: &Arc<GrowingBody>) -> Response<Body> {
+    let len = body.len();
+    // Without an upstream ETag (origin and edges always send one) nothing
+    // matches a validator, and no ETag is announced until the body is whole.
+    let meta = ObjectMeta { len, etag: body.etag().unwrap_or_default().to_owned(), last_modified: None };
+    let plan = origin::http_object::plan(headers, &meta);
+    let mut b = Response::builder()
+        .status(plan.status())
+        .header(header::CONTENT_TYPE, key.content_kind().mime())
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, if key.is_immutable() { IMMUTABLE } else { SHORT_LIVED });
+    if let Some(v) = body.etag().and_then(|e| HeaderValue::from_str(e).ok()) {
+        b = b.header(header::ETAG, v);
+    }
+    let built = match plan {
+        Plan::NotModified | Plan::PreconditionFailed => b.body(Body::empty()),
+        Plan::Unsatisfiable => b.header(header::CONTENT_RANGE, format!("bytes */{len}")).body(Body::empty()),
+        Plan::Send(range) => {
+            let (start, end) = range.map_or((0, len), |r| (r.start, r.end + 1));
+            if let Some(r) = range {
+                b = b.header(header::CONTENT_RANGE, r.content_range(len));
+            }
+            let b = b.header(header::CONTENT_LENGTH, end - start);
+            if method == Method::HEAD {
+                b.body(Body::empty())
+            } else {
+                b.body(Body::from_stream(body.reader(start, end)))
+            }
+        }
+    };
+    built.unwrap_or_else(|e| error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("building a response: {e}")))
 }
 
 fn failure(state: &EdgeState, e: &EdgeError, key_path: &str) -> Response<Body> {
@@ -254,6 +329,7 @@ fn metrics_response(state: &EdgeState) -> Response<Body> {
     let disk = state.filler.disk().map(|d| DiskGauges { log: d.stats(), counters: d.counters() });
     let mut text = state.metrics.render(&state.name, gauges, disk);
     text.push_str(&state.prefill.render(&state.name));
+    text.push_str(&state.bgp.render(&state.name));
     let mut resp = Response::new(Body::from(text));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     resp
@@ -291,7 +367,7 @@ pub async fn run(
         None => (None, None),
     };
     let state = Arc::new(EdgeState::new(&config, log, metrics)?);
-    if config.token_secret.is_none() {
+    if config.token_secret.is_none() && config.token_keys.is_empty() {
         tracing::warn!("no token_secret: every signed /t/{{token}}/ path will be refused with 403");
     }
     tracing::info!(name = %config.name, upstreams = ?config.all_upstreams(), ram_bytes = config.ram_bytes, "edge serving");
@@ -302,15 +378,24 @@ pub async fn run(
             ..Default::default()
         };
         let (filler, progress) = (state.filler.clone(), Arc::clone(&state.prefill));
+        let signer = config.signer();
         tokio::spawn(async move {
             // Loaded here, not before serving: an unreachable plan source must not keep the edge down.
-            match crate::prefill::load_plan(&location).await {
-                Ok(plan) => {
-                    tracing::info!(plan = %location.display(), objects = plan.plan.objects.len(), "prefill starting");
-                    crate::prefill::run(filler, plan, settings, progress).await;
+            // Steering may not know this edge until its first heartbeat, or be restarting: retry, backing
+            // off to a minute between tries.
+            let mut wait = std::time::Duration::from_millis(500);
+            let plan = loop {
+                match crate::prefill::load_plan_signed(&location, signer.as_ref()).await {
+                    Ok(plan) => break plan,
+                    Err(e) => {
+                        tracing::warn!(plan = %location.display(), error = %e, retry_in_ms = wait.as_millis() as u64, "prefill: no plan yet")
+                    }
                 }
-                Err(e) => tracing::warn!(plan = %location.display(), error = %e, "prefill: no plan"),
-            }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            };
+            tracing::info!(plan = %location.display(), objects = plan.plan.objects.len(), "prefill starting");
+            crate::prefill::run(filler, plan, settings, progress).await;
         })
     });
     let public_url = match &config.public_url {
@@ -325,19 +410,29 @@ pub async fn run(
             format!("http://{addr}")
         }
     };
-    let listener = CappedListener::new(listener, config.max_connections);
+    let cap = ConnectionCap::new(config.max_connections);
+    // The BGP session with the ISP's router (if any) learns the client prefixes heartbeats report.
+    let (speaker, client_prefixes) = crate::bgp::start(config.bgp.as_ref(), &config.static_prefixes).await?;
+    if let Some(s) = &speaker {
+        state.bgp.attach(s);
+    }
+    if speaker.is_some() && config.steering.is_none() {
+        tracing::warn!("bgp is on but steering is not set: the learned prefixes are reported nowhere");
+    }
     let (stop_hb_tx, stop_hb_rx) = tokio::sync::oneshot::channel::<()>();
     let heartbeats = config.steering_base().map(|steering| {
         let settings = crate::heartbeat::HeartbeatSettings {
             endpoint: format!("{steering}/v1/heartbeat"),
             token: config.heartbeat_token.clone(),
+            signer: config.signer(),
             interval: std::time::Duration::from_millis(config.heartbeat_interval_ms),
             public_url,
             site: config.site.clone(),
             max_load_bps: config.max_load_bps.unwrap_or(0),
+            prefixes: client_prefixes,
         };
         tracing::info!(steering, every_ms = config.heartbeat_interval_ms, "heartbeats on");
-        crate::heartbeat::spawn(Arc::clone(&state), settings, listener.gauge(), stop_hb_rx)
+        crate::heartbeat::spawn(Arc::clone(&state), settings, cap.gauge(), stop_hb_rx)
     });
     // Daily popularity for steering's forecasts, summed from the request log.
     let reporter = match (config.steering_base(), &config.request_log) {
@@ -345,24 +440,29 @@ pub async fn run(
             log: log.clone(),
             steering: steering.to_owned(),
             token: config.heartbeat_token.clone(),
+            signer: config.signer(),
             edge: config.name.clone(),
             site: config.site.clone(),
             interval: crate::prefill_report::REPORT_INTERVAL,
         })),
         _ => None,
     };
-    let app = router(state).into_make_service_with_connect_info::<PeerAddr>();
     // Graceful shutdown waits for open connections, so when `serve` returns no
     // request holds the log's sender any more and the writer can drain. The
     // heartbeats stop first, with a last one saying drained.
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_hb_tx.send(());
-        })
-        .await;
+    let conn = crate::listener::ConnSettings {
+        header_read_timeout: std::time::Duration::from_millis(config.header_read_timeout_ms),
+    };
+    let served = crate::listener::serve(listener, cap, router(state), conn, async move {
+        shutdown.await;
+        let _ = stop_hb_tx.send(());
+    })
+    .await;
     if let Some(task) = heartbeats {
         let _ = task.await;
+    }
+    if let Some(speaker) = speaker {
+        speaker.shutdown().await;
     }
     if let Some(task) = reporter {
         task.abort();

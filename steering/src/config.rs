@@ -77,12 +77,36 @@ pub struct Config {
     /// How often the coverage file's mtime is checked for a reload.
     #[serde(default = "default_coverage_reload")]
     pub coverage_reload_ms: u64,
+    /// Client prefixes an edge reports in its heartbeats (learned over BGP) count while its last
+    /// heartbeat is at most this old; an edge silent for longer loses them.
+    #[serde(default = "default_reported_prefix_hold")]
+    pub reported_prefix_hold_ms: u64,
     /// Directory where edges' daily popularity reports are kept (survives restarts); unset: memory only.
     #[serde(default)]
     pub popularity_dir: Option<PathBuf>,
+    /// Directory of enrolled edges (`steering edges add|revoke|list`), one JSON file each; replicas may share it.
+    #[serde(default)]
+    pub edges_dir: Option<PathBuf>,
+    /// Older URL-signing keys edges still accept during a rotation (`[[token_keys]]` with `id` and
+    /// `secret`); steering signs with `token_key_id`/`token_secret` and hands enrolled edges all of them.
+    #[serde(default)]
+    pub token_keys: Vec<TokenKeyConfig>,
+    /// Steering's base URL as edges reach it, handed out at enrollment.
+    #[serde(default)]
+    pub public_url: Option<String>,
     /// The edges steering may send players to.
     #[serde(default)]
     pub edges: Vec<EdgeConfig>,
+}
+
+/// A URL-signing key edges accept besides the signing one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenKeyConfig {
+    /// The key id tokens name.
+    pub id: String,
+    /// The shared secret.
+    pub secret: String,
 }
 
 /// One edge cache as configured.
@@ -143,6 +167,9 @@ fn default_max_urls() -> usize {
 fn default_steering_ttl() -> u64 {
     10
 }
+fn default_reported_prefix_hold() -> u64 {
+    60_000
+}
 fn default_coverage_reload() -> u64 {
     2000
 }
@@ -187,6 +214,10 @@ pub enum ConfigError {
     EmptyHeartbeatToken,
     #[error("overload_percent must be between 1 and 1000")]
     BadOverloadPercent,
+    #[error("token key {0:?}: id must be non-empty without '|', unique, with a non-empty secret")]
+    BadTokenKey(String),
+    #[error("public_url {url:?} is not a usable base URL: {reason}")]
+    BadPublicUrl { url: String, reason: String },
 }
 
 /// An edge after validation: parsed prefixes and a base URL without trailing slash.
@@ -272,8 +303,18 @@ impl Config {
         if self.heartbeat_token.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::EmptyHeartbeatToken);
         }
+        let mut key_ids = vec![self.token_key_id.as_str()];
+        for k in &self.token_keys {
+            if k.id.is_empty() || k.id.contains('|') || k.secret.is_empty() || key_ids.contains(&k.id.as_str()) {
+                return Err(ConfigError::BadTokenKey(k.id.clone()));
+            }
+            key_ids.push(&k.id);
+        }
+        if let Some(url) = &self.public_url {
+            check_base_url(url).map_err(|reason| ConfigError::BadPublicUrl { url: url.clone(), reason })?;
+        }
         // Edges may also register by heartbeat, but only if heartbeats are enabled.
-        if self.edges.is_empty() && self.heartbeat_token.is_none() {
+        if self.edges.is_empty() && self.heartbeat_token.is_none() && self.edges_dir.is_none() {
             return Err(ConfigError::NoEdges);
         }
         let mut edges: Vec<Edge> = Vec::with_capacity(self.edges.len());
@@ -339,6 +380,15 @@ impl Config {
                     .map(|n| n.trunc())
                     .map_err(|_| ConfigError::BadTrustedProxy(p.clone()))
             })
+            .collect()
+    }
+
+    /// Every URL-signing key edges must accept, the signing one first.
+    pub fn token_key_specs(&self) -> Vec<vod::edge_auth::KeySpec> {
+        std::iter::once(vod::edge_auth::KeySpec { id: self.token_key_id.clone(), secret: self.token_secret.clone() })
+            .chain(
+                self.token_keys.iter().map(|k| vod::edge_auth::KeySpec { id: k.id.clone(), secret: k.secret.clone() }),
+            )
             .collect()
     }
 
@@ -433,6 +483,9 @@ prefixes = ["10.2.3.4/16"]
         assert!(err_of(&with("origin_url = \"ftp://o\"")).contains("origin_url"));
         assert!(err_of(&with("heartbeat_token = \"\"")).contains("heartbeat_token"));
         assert!(err_of(&with("overload_percent = 0")).contains("overload_percent"));
+        let dup = err_of(&format!("{}\n[[token_keys]]\nid = \"k1\"\nsecret = \"x\"\n", with("")));
+        assert!(dup.contains("token key \"k1\""), "{dup}");
+        assert!(err_of(&with("public_url = \"ftp://s\"")).contains("public_url"));
     }
 
     #[test]
@@ -449,5 +502,13 @@ prefixes = ["10.2.3.4/16"]
         assert_eq!(cfg.nearby["lab-a"], vec!["lab-b"]);
         // With heartbeats on, edges may come by registration alone.
         assert!(Config::from_toml_str("token_secret = \"x\"\nheartbeat_token = \"hb\"\n").is_ok());
+        // So may enrolled ones; rotation keys come after the signing key.
+        let cfg = Config::from_toml_str(
+            "token_secret = \"new\"\ntoken_key_id = \"k2\"\nedges_dir = \"/var/lib/steering/edges\"\n\
+             [[token_keys]]\nid = \"k1\"\nsecret = \"old\"\n",
+        )
+        .unwrap();
+        let ids: Vec<String> = cfg.token_key_specs().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids, ["k2", "k1"]);
     }
 }

@@ -1,7 +1,11 @@
 //! Client IP → site by longest-prefix match over the coverage table: every
-//! edge's configured prefixes plus an optional coverage file, either a CSV of
-//! `prefix,site` or Traffic Control's coverage-zone JSON
+//! edge's configured prefixes, the prefixes edges report in their heartbeats
+//! (learned over BGP from the ISP's router; see `Registry::reported_coverage`)
+//! and an optional coverage file, either a CSV of `prefix,site` or Traffic
+//! Control's coverage-zone JSON
 //! (`{"coverageZones": {"site": {"network": [..], "network6": [..]}}}`).
+//! The server passes reported prefixes before the file's to [`CoverageMap::build`],
+//! so for one prefix: configured, then reported, then the file.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -282,6 +286,19 @@ mod tests {
         assert_eq!(site("10.1.0.1"), "isp-a");
         assert_eq!(site("10.5.0.1"), "file");
         assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn configured_then_reported_then_file_for_the_same_prefix() {
+        let reported =
+            vec![("10.0.0.0/8".parse().unwrap(), "bgp".into()), ("10.6.0.0/16".parse().unwrap(), "bgp".into())];
+        let file =
+            vec![("10.6.0.0/16".parse().unwrap(), "file".into()), ("10.7.0.0/16".parse().unwrap(), "file".into())];
+        let m = CoverageMap::build(&[edge("a1", "isp-a", &["10.0.0.0/8"])], reported.into_iter().chain(file).collect());
+        let site = |ip: &str| m.lookup(ip.parse().unwrap()).map(|c| c.site).unwrap();
+        assert_eq!(site("10.1.0.1"), "isp-a");
+        assert_eq!(site("10.6.0.1"), "bgp");
+        assert_eq!(site("10.7.0.1"), "file");
     }
 
     #[test]

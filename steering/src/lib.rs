@@ -14,6 +14,8 @@
 //!   `GET /v1/steering/{title}`, `GET /v1/dash/{title}/manifest.mpd` (the
 //!   MPD with content steering), `POST /v1/heartbeat`, `GET /v1/edges`,
 //!   `GET /health`.
+//! - [`enroll`]: enrolled edges (`steering edges add|revoke|list`,
+//!   `POST /v1/enroll`) and the signed requests they make.
 //! - [`fill`]: fill plans from request logs (`steering fill-plan`), per edge
 //!   or per site with rendezvous placement; [`forecast`]: tomorrow's demand
 //!   from a site's daily history plus launch hints.
@@ -25,6 +27,7 @@ pub mod config;
 pub mod content_steering;
 pub mod coverage;
 pub mod decide;
+pub mod enroll;
 pub mod fill;
 pub mod forecast;
 pub mod health;
@@ -53,6 +56,8 @@ pub enum Error {
     ProbeClient(#[from] reqwest::Error),
     #[error(transparent)]
     Popularity(#[from] popularity::PopularityError),
+    #[error(transparent)]
+    Enroll(#[from] enroll::EnrollError),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
     #[error("health prober task failed: {0}")]

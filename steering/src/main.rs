@@ -1,4 +1,5 @@
 //! `steering serve --config FILE [--listen ADDR]`,
+//! `steering edges add|revoke|list --config FILE ...`,
 //! `steering fill-plan --log DAY.csv --edge-bytes N` and
 //! `steering fill-plan --history DIR --site S --edges a:BYTES,b:BYTES`.
 
@@ -34,6 +35,9 @@ enum Command {
     /// Print the fill plan (JSON) for an edge from one day's request log, or
     /// (with --history) every edge's plan for a site from its daily history.
     FillPlan(FillPlanArgs),
+    /// Enrolled edges: add (prints a one-time enrollment token), revoke, list.
+    #[command(subcommand)]
+    Edges(EdgesCommand),
     /// Micro-benchmark of coverage lookup + decision: prints per-call latency percentiles (JSON).
     #[command(hide = true)]
     BenchDecide {
@@ -44,6 +48,86 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         decisions: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum EdgesCommand {
+    /// Create an edge and print its one-time enrollment token (for `edge enroll --token`).
+    Add {
+        /// Steering's configuration (its `edges_dir` holds the records).
+        #[arg(long)]
+        config: PathBuf,
+        /// The site (ISP location) the edge sits in.
+        #[arg(long)]
+        site: String,
+        /// The edge's unique name.
+        #[arg(long)]
+        name: String,
+        /// How long the token stays valid: 30m, 1h, 2d or seconds.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Cut an edge off: its heartbeats, plan and popularity requests are refused from now on.
+    Revoke {
+        /// Steering's configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// The edge's name.
+        name: String,
+    },
+    /// List enrolled edges and their state.
+    List {
+        /// Steering's configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// One JSON object per edge (secrets left out).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn edges_store(config: &std::path::Path) -> Result<steering::enroll::EnrollStore> {
+    let cfg = Config::load(config).with_context(|| format!("config {}", config.display()))?;
+    let dir = cfg.edges_dir.with_context(|| format!("{}: set edges_dir to enroll edges", config.display()))?;
+    steering::enroll::EnrollStore::open(&dir).with_context(|| format!("edges_dir {}", dir.display()))
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn edges(cmd: EdgesCommand) -> Result<()> {
+    match cmd {
+        EdgesCommand::Add { config, site, name, ttl } => {
+            let ttl_s = steering::enroll::parse_ttl(&ttl)?;
+            let (token, rec) = edges_store(&config)?.add(&name, &site, ttl_s, now_s())?;
+            println!("edge {} at site {}", rec.name, rec.site);
+            println!("token {token}");
+            println!("expires_unix_s {} (in {ttl_s} s)", rec.token_expires_unix_s);
+            eprintln!("on the edge: edge enroll --steering URL --token {token} --disk-path DIR --listen ADDR");
+        }
+        EdgesCommand::Revoke { config, name } => {
+            let rec = edges_store(&config)?.revoke(&name, now_s())?;
+            println!("edge {} revoked at {}", rec.name, rec.revoked_unix_s.unwrap_or_default());
+        }
+        EdgesCommand::List { config, json } => {
+            let now = now_s();
+            for r in edges_store(&config)?.list()? {
+                if json {
+                    let line = serde_json::json!({
+                        "name": r.name, "site": r.site, "state": r.state(now),
+                        "created_unix_s": r.created_unix_s, "token_expires_unix_s": r.token_expires_unix_s,
+                        "enrolled_unix_s": r.enrolled_unix_s, "revoked_unix_s": r.revoked_unix_s,
+                        "public_url": r.public_url,
+                    });
+                    println!("{line}");
+                } else {
+                    println!("{}\t{}\t{}\t{}", r.name, r.site, r.state(now), r.public_url.as_deref().unwrap_or("-"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn bench_decide(edges: usize, prefixes: usize, decisions: usize) -> Result<()> {
@@ -79,7 +163,7 @@ struct FillPlanArgs {
     edges: Vec<String>,
     /// Forecast method: last-day, decayed[:HALF_LIFE_DAYS] or profile[:HALF_LIFE_DAYS] (the best in
     /// `cargo xtask bench cache`'s backtests).
-    #[arg(long, default_value = "profile:0.5")]
+    #[arg(long, default_value = "decayed:1")]
     forecast: String,
     /// Launch hints JSON: [{"title", "expected_share", "objects": [{"key", "bytes"}]}].
     #[arg(long)]
@@ -91,7 +175,7 @@ struct FillPlanArgs {
     #[arg(long)]
     day: Option<u32>,
     /// Share of each edge's capacity to plan (the rest is left for misses).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.95)]
     fill_fraction: f64,
     /// The hottest objects, up to this share of the site's capacity, go on two edges.
     #[arg(long, default_value_t = 0.05)]
@@ -167,6 +251,7 @@ async fn main() -> Result<()> {
             steering::run(cfg, listener, svc::shutdown_signal()).await.context("steering server")
         }
         Command::FillPlan(args) => fill_plan(args),
+        Command::Edges(cmd) => edges(cmd),
         Command::BenchDecide { edges, prefixes, decisions } => bench_decide(edges, prefixes, decisions),
     }
 }

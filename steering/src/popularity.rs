@@ -1,7 +1,7 @@
 //! Popularity history per site, fed by edges, and the fill plans steering
 //! computes from it.
 //!
-//! - `POST /v1/popularity` (bearer: the heartbeat token): an edge's daily
+//! - `POST /v1/popularity` (the heartbeat token, or an enrolled edge's signature for itself): an edge's daily
 //!   aggregate ([`DailyPopularity`]: per key requests, bytes, distinct
 //!   clients). A later report for the same edge and day replaces the earlier.
 //! - `GET /v1/popularity/{site}`: the days held for a site (day, objects, requests).
@@ -9,7 +9,7 @@
 //!   site's forecast placed over every edge of the site (capacity from
 //!   heartbeats, `?edge_bytes=` for the asking edge), with peers' URLs.
 //!   `?forecast=last-day|decayed:H|profile:H` overrides the method
-//!   (default `profile:0.5`).
+//!   (default `decayed:1`).
 //!
 //! The store keeps `days_kept` days per site in memory and, with a state
 //! directory, one JSON file per (site, day, edge), written atomically, read
@@ -19,8 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,6 +29,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use vod::plan::DailyPopularity;
 
+use crate::enroll::{Caller, EdgeAuth, Refusal};
 use crate::fill::{EdgeSlot, Placement};
 use crate::forecast::{self, LaunchHint, Method};
 use crate::registry::Registry;
@@ -36,7 +38,7 @@ use crate::registry::Registry;
 const REPORT_MAX_BYTES: usize = 128 << 20;
 
 /// The forecast `/v1/fill-plan` uses unless asked otherwise (the best in `cargo xtask bench cache`'s backtests).
-pub const DEFAULT_METHOD: Method = Method::Profile { half_life_days: 0.5 };
+pub const DEFAULT_METHOD: Method = Method::Decayed { half_life_days: 1.0 };
 
 /// Days of history kept per site.
 pub const DEFAULT_DAYS_KEPT: u32 = 14;
@@ -154,12 +156,12 @@ impl PopularityStore {
 struct PopularityApi {
     store: Mutex<PopularityStore>,
     registry: watch::Receiver<Registry>,
-    token: Option<String>,
+    auth: Arc<EdgeAuth>,
     hints: Vec<LaunchHint>,
 }
 
-/// The routes above over `store`, reading edges from `registry`; `token` is the bearer edges must send.
-pub fn router(store: PopularityStore, registry: watch::Receiver<Registry>, token: Option<String>) -> Router {
+/// The routes above over `store`, reading edges from `registry`; `auth` says who may report and fetch plans.
+pub fn router(store: PopularityStore, registry: watch::Receiver<Registry>, auth: Arc<EdgeAuth>) -> Router {
     let hints = store
         .dir
         .as_ref()
@@ -173,7 +175,7 @@ pub fn router(store: PopularityStore, registry: watch::Receiver<Registry>, token
             }
         })
         .unwrap_or_default();
-    let api = Arc::new(PopularityApi { store: Mutex::new(store), registry, token, hints });
+    let api = Arc::new(PopularityApi { store: Mutex::new(store), registry, auth, hints });
     Router::new()
         // A day lists every object an edge served: allow big reports.
         .route("/v1/popularity", post(report).layer(axum::extract::DefaultBodyLimit::max(REPORT_MAX_BYTES)))
@@ -199,39 +201,35 @@ impl PopularityApi {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
-        let Some(expected) = &self.token else {
-            return Err((StatusCode::FORBIDDEN, "popularity reports are disabled (no heartbeat_token configured)"));
-        };
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        // Compared in constant time, as the heartbeat's token is.
-        let same = |p: &str| {
-            p.len() == expected.len() && p.bytes().zip(expected.bytes()).fold(0, |a, (x, y)| a | (x ^ y)) == 0
-        };
-        if presented.is_some_and(same) {
-            Ok(())
-        } else {
-            Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
-        }
+    /// Who sent this request; `Ok(None)` when it carries no credentials.
+    fn caller(&self, method: &str, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<Option<Caller>, Refusal> {
+        let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+        let now_s = crate::health::unix_now_ms() / 1000;
+        self.auth.authorize(method, path, headers, body, now_s)
     }
 }
 
-async fn report(
-    State(api): State<Arc<PopularityApi>>,
-    headers: HeaderMap,
-    body: Result<Json<DailyPopularity>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if let Err((status, message)) = api.authorize(&headers) {
-        return error(status, message);
+async fn report(State(api): State<Arc<PopularityApi>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    if api.auth.heartbeat_token.is_none() && api.auth.store.is_none() {
+        return error(StatusCode::FORBIDDEN, "popularity reports are disabled (no heartbeat_token configured)");
     }
-    let Json(day) = match body {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad popularity report: {}", e.body_text())),
+    let caller = match api.caller("POST", &uri, &headers, &body) {
+        Ok(Some(c)) => c,
+        Ok(None) => return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"),
+        Err(r) => return r.response(),
     };
+    let mut day: DailyPopularity = match serde_json::from_slice(&body) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad popularity report: {e}")),
+    };
+    if let Caller::Edge(rec) = &caller {
+        // An enrolled edge reports for itself, at its enrolled site.
+        if day.edge != rec.name {
+            tracing::warn!(signer = %rec.name, claimed = %day.edge, "edge request refused: report for another edge");
+            return error(StatusCode::FORBIDDEN, format!("edge {:?} may only report for itself", rec.name));
+        }
+        day.site = Some(rec.site.clone());
+    }
     let site = match day.site.clone() {
         Some(s) => s,
         None => {
@@ -283,8 +281,28 @@ struct PlanQuery {
 async fn fill_plan(
     State(api): State<Arc<PopularityApi>>,
     UrlPath(edge): UrlPath<String>,
+    uri: Uri,
+    headers: HeaderMap,
     query: Result<Query<PlanQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    // An enrolled edge's plan is for that edge (signed) or holders of the bearer token; an edge may
+    // not read another's. Configured edges' plans stay open to anyone, as before enrollment existed.
+    match api.caller("GET", &uri, &headers, b"") {
+        Ok(Some(Caller::Edge(rec))) if rec.name != edge => {
+            tracing::warn!(signer = %rec.name, asked = %edge, "edge request refused: another edge's fill plan");
+            return error(StatusCode::FORBIDDEN, format!("edge {:?} may only fetch its own fill plan", rec.name));
+        }
+        Ok(Some(_)) => {}
+        Ok(None) if api.auth.is_enrolled(&edge) => {
+            tracing::warn!(asked = %edge, reason = "no credentials", "edge request refused");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                format!("the fill plan of enrolled edge {edge:?} needs its signature"),
+            );
+        }
+        Ok(None) => {}
+        Err(r) => return r.response(),
+    }
     let Ok(Query(q)) = query else {
         return error(StatusCode::BAD_REQUEST, "query: forecast=last-day|decayed:H, edge_bytes=N, day=D");
     };
@@ -318,12 +336,17 @@ async fn fill_plan(
     }
     let store = api.lock();
     let history = store.history(&site);
-    let Some(last) = history.iter().map(|d| d.day).max() else {
-        return error(StatusCode::NOT_FOUND, format!("no popularity reports for site {site:?} yet"));
+    // A site with no reports yet plans for today, from launch hints alone.
+    let target = match (q.day, history.iter().map(|d| d.day).max()) {
+        (Some(day), _) => day,
+        (None, Some(last)) => last + 1,
+        (None, None) if !api.hints.is_empty() => (crate::health::unix_now_ms() / forecast::DAY_MS) as u32,
+        (None, None) => {
+            return error(StatusCode::NOT_FOUND, format!("no popularity reports for site {site:?} yet, and no hints"))
+        }
     };
     let rising = forecast::rising_elsewhere(&store.other_sites(&site), 2.0);
     drop(store);
-    let target = q.day.unwrap_or(last + 1);
     let objects = forecast::forecast_site(&history, target, method, &api.hints, &rising);
     let plan = crate::fill::plan_site(&site, &method.label(), objects, &slots, Placement::default());
     match plan.plans.into_iter().find(|p| p.edge == edge) {

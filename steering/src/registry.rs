@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use ipnet::IpNet;
 use serde::Serialize;
 use vod::steering::Heartbeat;
 
@@ -62,6 +63,8 @@ pub enum OutReason {
     ReportsUnhealthy,
     /// Recovered, but held out by the circuit breaker.
     BreakerOpen,
+    /// Its enrollment was revoked (`steering edges revoke`).
+    Revoked,
 }
 
 impl OutReason {
@@ -73,6 +76,7 @@ impl OutReason {
             OutReason::HeartbeatMissed => "heartbeat-missed",
             OutReason::ReportsUnhealthy => "reports-unhealthy",
             OutReason::BreakerOpen => "breaker-open",
+            OutReason::Revoked => "revoked",
         }
     }
 }
@@ -156,15 +160,29 @@ pub struct EdgeEntry {
     pub heartbeat: Option<HeartbeatState>,
     /// Flap protection.
     pub breaker: Breaker,
+    /// Cut off by `steering edges revoke`: never gets players.
+    pub revoked: bool,
+    /// Client prefixes its last heartbeat reported (learned over BGP or static), sorted.
+    pub reported_prefixes: Vec<IpNet>,
 }
 
 impl EdgeEntry {
     fn new(edge: Edge) -> Self {
-        Self { edge, probe: EdgeHealth::default(), heartbeat: None, breaker: Breaker::new() }
+        Self {
+            edge,
+            probe: EdgeHealth::default(),
+            heartbeat: None,
+            breaker: Breaker::new(),
+            revoked: false,
+            reported_prefixes: Vec::new(),
+        }
     }
 
     /// Out reason ignoring the breaker, or None when the edge may serve.
     fn raw_out(&self, now_ms: u64, s: &RegistrySettings) -> Option<OutReason> {
+        if self.revoked {
+            return Some(OutReason::Revoked);
+        }
         if self.edge.drained || self.heartbeat.as_ref().is_some_and(|h| h.drained) {
             return Some(OutReason::Drained);
         }
@@ -217,6 +235,36 @@ pub enum HeartbeatError {
     BadUrl { edge: String, url: String, reason: String },
     #[error("edge {0:?}: site must not be empty")]
     EmptySite(String),
+    #[error("edge {edge:?}: reported prefix {prefix:?} is not a CIDR prefix")]
+    BadPrefix { edge: String, prefix: String },
+    #[error("edge {edge:?}: {count} reported prefixes, more than the {max} accepted")]
+    TooManyPrefixes { edge: String, count: usize, max: usize },
+}
+
+/// Most client prefixes one edge may report.
+pub const MAX_REPORTED_PREFIXES: usize = 100_000;
+
+/// Parses, truncates, sorts and dedups the prefixes of a heartbeat.
+fn parse_reported(edge: &str, list: &[String]) -> Result<Vec<IpNet>, HeartbeatError> {
+    if list.len() > MAX_REPORTED_PREFIXES {
+        return Err(HeartbeatError::TooManyPrefixes {
+            edge: edge.to_owned(),
+            count: list.len(),
+            max: MAX_REPORTED_PREFIXES,
+        });
+    }
+    let mut nets = list
+        .iter()
+        .map(|p| {
+            p.trim()
+                .parse::<IpNet>()
+                .map(|n| n.trunc())
+                .map_err(|_| HeartbeatError::BadPrefix { edge: edge.to_owned(), prefix: p.clone() })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    nets.sort_unstable();
+    nets.dedup();
+    Ok(nets)
 }
 
 /// All edges steering knows, indexed by name and by site.
@@ -230,6 +278,8 @@ pub struct Registry {
     site_members: Vec<Vec<usize>>,
     /// Site id per edge index.
     site_of: Vec<u32>,
+    /// Bumped whenever an edge's reported prefix set changes, so coverage is rebuilt only then.
+    reported_generation: u64,
 }
 
 impl Registry {
@@ -242,6 +292,7 @@ impl Registry {
             site_ids: HashMap::new(),
             site_members: Vec::new(),
             site_of: Vec::new(),
+            reported_generation: 0,
         };
         for e in edges {
             reg.insert(e);
@@ -315,6 +366,46 @@ impl Registry {
         self.out_reason(i, now_ms).is_none()
     }
 
+    /// Marks edge `name` revoked (out at once) or not; true when that changed anything.
+    pub fn set_revoked(&mut self, name: &str, revoked: bool) -> bool {
+        match self.index_of(name) {
+            Some(i) if self.edges[i].revoked != revoked => {
+                self.edges[i].revoked = revoked;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether edge `i`'s reported prefixes count at `now`: it is not revoked and its last
+    /// heartbeat is at most `hold_ms` old (an edge silent for longer has lost its clients).
+    fn reports_live(&self, i: usize, now_ms: u64, hold_ms: u64) -> bool {
+        let e = &self.edges[i];
+        !e.revoked
+            && !e.reported_prefixes.is_empty()
+            && e.heartbeat.as_ref().is_some_and(|h| now_ms.saturating_sub(h.at_ms) <= hold_ms)
+    }
+
+    /// What the coverage built from reported prefixes depends on at `now`: a generation bumped on
+    /// every change of a reported set, and which edges' sets count. Cheap (one pass over the edges),
+    /// so a caller can compare it on every heartbeat and rebuild coverage only when it differs.
+    pub fn reported_key(&self, now_ms: u64, hold_ms: u64) -> (u64, Vec<usize>) {
+        let live = (0..self.edges.len()).filter(|&i| self.reports_live(i, now_ms, hold_ms)).collect();
+        (self.reported_generation, live)
+    }
+
+    /// (prefix, site) of every prefix that edges reported and that counts at `now`, in edge
+    /// registration order (the first edge to report a prefix names its site).
+    pub fn reported_coverage(&self, now_ms: u64, hold_ms: u64) -> Vec<(IpNet, String)> {
+        (0..self.edges.len())
+            .filter(|&i| self.reports_live(i, now_ms, hold_ms))
+            .flat_map(|i| {
+                let e = &self.edges[i];
+                e.reported_prefixes.iter().map(move |p| (*p, e.edge.site.clone()))
+            })
+            .collect()
+    }
+
     /// Re-evaluates every breaker at `now` (call after probes and periodically).
     pub fn tick(&mut self, now_ms: u64) {
         let s = self.settings;
@@ -343,6 +434,8 @@ impl Registry {
     /// Applies a heartbeat received at `now`; registers an unknown edge that sends url and site.
     /// Returns the edge's index.
     pub fn heartbeat(&mut self, hb: Heartbeat, now_ms: u64) -> Result<usize, HeartbeatError> {
+        // Checked first: a heartbeat with a bad prefix changes nothing.
+        let reported = parse_reported(&hb.edge, &hb.prefixes)?;
         let i = match self.index_of(&hb.edge) {
             Some(i) => i,
             None => {
@@ -381,6 +474,10 @@ impl Registry {
                     self.edges[i].edge.base_url = base_url;
                 }
             }
+        }
+        if self.edges[i].reported_prefixes != reported {
+            self.edges[i].reported_prefixes = reported;
+            self.reported_generation += 1;
         }
         self.edges[i].heartbeat = Some(HeartbeatState {
             at_ms: now_ms,
@@ -515,6 +612,49 @@ mod tests {
         bad.url = Some("http://d".into());
         bad.site = Some("x".into());
         assert_eq!(r.heartbeat(bad, 0), Err(HeartbeatError::BadName));
+    }
+
+    #[test]
+    fn reported_prefixes_replace_the_previous_set_and_lapse_with_silence_or_revocation() {
+        let mut r = reg();
+        let hold = 10_000;
+        let with = |edge: &str, prefixes: &[&str]| {
+            let mut hb = Heartbeat::new(edge);
+            hb.prefixes = prefixes.iter().map(|p| (*p).to_owned()).collect();
+            hb
+        };
+        let (g0, live0) = r.reported_key(0, hold);
+        assert!(live0.is_empty());
+        r.heartbeat(with("a1", &["10.1.0.0/16", "10.1.2.3/16", "2001:db8::/32"]), 0).unwrap();
+        r.heartbeat(with("b1", &["10.2.0.0/16"]), 0).unwrap();
+        assert_eq!(r.edges()[0].reported_prefixes.len(), 2, "truncated and deduplicated");
+        let cov = r.reported_coverage(0, hold);
+        assert_eq!(cov.len(), 3);
+        assert!(cov.contains(&("10.2.0.0/16".parse().unwrap(), "lab-b".to_owned())));
+        let key = r.reported_key(0, hold);
+        assert_ne!(key.0, g0);
+        assert_eq!(key.1, [0, 2]);
+        // The same set again changes nothing: coverage need not be rebuilt.
+        r.heartbeat(with("a1", &["2001:db8::/32", "10.1.0.0/16"]), 1_000).unwrap();
+        assert_eq!(r.reported_key(1_000, hold), key);
+        // A new set replaces the old one.
+        r.heartbeat(with("a1", &["10.3.0.0/16"]), 2_000).unwrap();
+        assert_eq!(r.reported_coverage(2_000, hold)[0], ("10.3.0.0/16".parse().unwrap(), "lab-a".to_owned()));
+        assert_ne!(r.reported_key(2_000, hold), key);
+        // b1 silent for longer than the hold: its prefixes lapse.
+        assert_eq!(r.reported_key(10_001, hold).1, [0]);
+        // A bad prefix refuses the heartbeat and keeps the previous set.
+        let e = r.heartbeat(with("a1", &["10.4.0.0/16", "10.4.0.0/40"]), 3_000).unwrap_err();
+        assert!(e.to_string().contains("10.4.0.0/40"), "{e}");
+        assert_eq!(r.edges()[0].reported_prefixes, ["10.3.0.0/16".parse::<IpNet>().unwrap()]);
+        // Revoked: gone at once. None reported: gone too.
+        let sites = |r: &Registry| r.reported_coverage(3_000, hold).into_iter().map(|(_, s)| s).collect::<Vec<_>>();
+        assert_eq!(sites(&r), ["lab-a", "lab-b"]);
+        r.set_revoked("a1", true);
+        assert_eq!(sites(&r), ["lab-b"]);
+        r.set_revoked("a1", false);
+        r.heartbeat(with("a1", &[]), 3_000).unwrap();
+        assert_eq!(sites(&r), ["lab-b"]);
     }
 
     #[test]

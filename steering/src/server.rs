@@ -16,9 +16,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
+use vod::edge_auth::KeySpec;
 use vod::steering::{Format, Heartbeat, PlayResponse, PlayUrl};
 use vod::token::TokenKey;
 use vod::{ObjectKey, TitleId};
@@ -36,6 +38,7 @@ use crate::config::{Config, Edge};
 use crate::content_steering::{is_pathway_id, master_uris, steer_mpd, steering_manifest, MasterUris, Pathway};
 use crate::coverage::{self, CoverageMap};
 use crate::decide::{decide, Policy, Target};
+use crate::enroll::{Caller, EdgeAuth};
 use crate::health::{self, EdgeHealth, ProbeSettings};
 use crate::registry::{HeartbeatError, Registry, RegistrySettings};
 use crate::Error;
@@ -53,7 +56,10 @@ struct AppState {
     forwarding: Forwarding,
     policy: Policy,
     origin: Option<String>,
-    heartbeat_token: Option<String>,
+    /// Who may heartbeat: the bearer `heartbeat_token` or enrolled edges' signatures.
+    auth: Arc<EdgeAuth>,
+    /// URL-signing keys handed to enrolled edges with every heartbeat answer (rotation).
+    token_keys: Vec<KeySpec>,
     steering_ttl_s: u64,
     /// Fetches MPDs for `/v1/dash` and master playlists for steering manifests.
     http: reqwest::Client,
@@ -420,11 +426,6 @@ async fn dash_mpd(
     Ok(([(header::CONTENT_TYPE, "application/dash+xml"), (header::CACHE_CONTROL, "no-store")], body).into_response())
 }
 
-/// Compares secrets without leaking where they differ through timing.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// `POST /v1/heartbeat` answer.
 #[derive(Debug, Serialize)]
 struct HeartbeatAck {
@@ -435,31 +436,70 @@ struct HeartbeatAck {
     out_reason: Option<&'static str>,
     /// Send the next heartbeat within this long (a third of the timeout: two may be lost).
     interval_ms: u64,
+    /// The URL-signing keys to accept, signing key first: only for enrolled (signed) edges.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_keys: Option<Vec<KeySpec>>,
 }
 
 async fn heartbeat(
     State(s): State<Arc<AppState>>,
+    uri: Uri,
     headers: HeaderMap,
-    body: Result<Json<Heartbeat>, JsonRejection>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(expected) = &s.heartbeat_token else {
+    if s.auth.heartbeat_token.is_none() && s.auth.store.is_none() {
         return Err(ApiError {
             status: StatusCode::FORBIDDEN,
-            message: "heartbeats are disabled (no heartbeat_token configured)".to_owned(),
+            message: "heartbeats are disabled (no heartbeat_token or edges_dir configured)".to_owned(),
         });
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if !presented.is_some_and(|p| same_secret(p.as_bytes(), expected.as_bytes())) {
-        return Err(ApiError { status: StatusCode::UNAUTHORIZED, message: "missing or wrong bearer token".to_owned() });
     }
-    let Json(hb) = body.map_err(|e| ApiError::bad_request(format!("bad heartbeat: {}", e.body_text())))?;
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
     let now = health::unix_now_ms();
+    let caller = match s.auth.authorize("POST", path, &headers, &body, now / 1000) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            tracing::warn!(path, reason = "no credentials", "edge request refused");
+            return Err(ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "missing or wrong bearer token".to_owned(),
+            });
+        }
+        Err(r) => {
+            // A revoked edge that still talks leaves routing now, not at its heartbeat timeout.
+            if r.reason == crate::enroll::REASON_REVOKED {
+                if let Some(name) = headers.get(vod::edge_auth::HEADER_EDGE).and_then(|v| v.to_str().ok()) {
+                    s.registry.send_if_modified(|reg| reg.set_revoked(name, true));
+                }
+            }
+            return Err(ApiError { status: r.status, message: r.message });
+        }
+    };
+    let mut hb: Heartbeat =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad heartbeat: {e}")))?;
+    let signed = match &caller {
+        Caller::Edge(rec) => {
+            if hb.edge != rec.name {
+                tracing::warn!(signer = %rec.name, claimed = %hb.edge, "edge request refused: heartbeat for another edge");
+                return Err(ApiError {
+                    status: StatusCode::FORBIDDEN,
+                    message: format!("edge {:?} may only heartbeat for itself, not {:?}", rec.name, hb.edge),
+                });
+            }
+            // The enrolled site wins over whatever the edge says.
+            hb.site = Some(rec.site.clone());
+            true
+        }
+        Caller::Bearer => false,
+    };
     let mut applied = Err(HeartbeatError::BadName);
-    s.registry.send_modify(|reg| applied = reg.heartbeat(hb, now));
+    let name = hb.edge.clone();
+    s.registry.send_modify(|reg| {
+        if signed {
+            // Enrolled again after a revocation: a new box under the old name.
+            reg.set_revoked(&name, false);
+        }
+        applied = reg.heartbeat(hb, now);
+    });
     let i = applied.map_err(|e| match e {
         HeartbeatError::UnknownEdge(_) => ApiError { status: StatusCode::NOT_FOUND, message: e.to_string() },
         e => ApiError::bad_request(e.to_string()),
@@ -471,6 +511,7 @@ async fn heartbeat(
         available: out.is_none(),
         out_reason: out.map(|o| o.as_str()),
         interval_ms: (reg.settings().heartbeat_timeout_ms / 3).max(1),
+        token_keys: signed.then(|| s.token_keys.clone()),
     };
     drop(reg);
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(ack)).into_response())
@@ -496,6 +537,8 @@ struct EdgeReport {
     url: String,
     site: String,
     prefixes: Vec<String>,
+    /// Client prefixes its heartbeats report (learned over BGP or static on the edge).
+    reported_prefixes: Vec<String>,
     drained: bool,
     #[serde(flatten)]
     health: EdgeHealth,
@@ -521,6 +564,7 @@ async fn edges(State(s): State<Arc<AppState>>) -> Response {
                 url: e.edge.base_url.clone(),
                 site: e.edge.site.clone(),
                 prefixes: e.edge.prefixes.iter().map(ToString::to_string).collect(),
+                reported_prefixes: e.reported_prefixes.iter().map(ToString::to_string).collect(),
                 drained: e.edge.drained,
                 health: e.probe.clone(),
                 available: out.is_none(),
@@ -580,52 +624,91 @@ fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Reloads the coverage file when its modification time changes; a file that no
-/// longer parses is logged and the previous table kept.
-fn spawn_coverage_reloader(
-    path: PathBuf,
+/// What the coverage table is built from besides the configured edges.
+struct CoverageSources {
     edges: Vec<Edge>,
+    /// Coverage file, re-read when its modification time changes.
+    file: Option<PathBuf>,
+    file_entries: Vec<(ipnet::IpNet, String)>,
+    /// How often the file's mtime is checked and reported prefixes are aged.
     interval: Duration,
+    /// How long an edge's reported prefixes outlive its last heartbeat.
+    reported_hold_ms: u64,
+}
+
+/// Keeps the coverage table current: configured edge prefixes, then the prefixes edges report
+/// in heartbeats (learned over BGP), then the coverage file. The table is rebuilt only when a
+/// reported set or the set of edges whose reports count changes (checked on every registry
+/// change, one pass over the edges) or the file changes; a file that no longer parses is
+/// logged and its previous entries kept.
+fn spawn_coverage_keeper(
+    mut src: CoverageSources,
+    mut registry: watch::Receiver<Registry>,
     table: watch::Sender<Arc<CoverageMap>>,
     mut stop: oneshot::Receiver<()>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        let mut seen = mtime(&path);
-        let mut ticker = tokio::time::interval(interval);
+        let mut seen = src.file.as_deref().and_then(mtime);
+        let mut ticker = tokio::time::interval(src.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut reported_key = (0u64, Vec::new());
+        let mut reported: Vec<(ipnet::IpNet, String)> = Vec::new();
         loop {
-            tokio::select! {
+            let tick = tokio::select! {
                 biased;
                 _ = &mut stop => break,
-                _ = ticker.tick() => {}
-            }
-            let now = mtime(&path);
-            if now == seen {
-                continue;
-            }
-            let p = path.clone();
-            let loaded = tokio::task::spawn_blocking(move || coverage::load_file(&p)).await;
-            match loaded {
-                Ok(Ok(entries)) => {
-                    let map = CoverageMap::build(&edges, entries);
-                    tracing::info!(file = %path.display(), prefixes = map.len(), "coverage reloaded");
-                    table.send_replace(Arc::new(map));
-                    seen = now;
+                _ = ticker.tick() => true,
+                changed = registry.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    false
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "coverage file not reloaded; keeping the previous table");
-                    seen = now;
+            };
+            let mut rebuild = false;
+            if let (true, Some(path)) = (tick, src.file.clone()) {
+                let now = mtime(&path);
+                if now != seen {
+                    let p = path.clone();
+                    match tokio::task::spawn_blocking(move || coverage::load_file(&p)).await {
+                        Ok(Ok(entries)) => {
+                            tracing::info!(file = %path.display(), entries = entries.len(), "coverage file reloaded");
+                            src.file_entries = entries;
+                            rebuild = true;
+                            seen = now;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "coverage file not reloaded; keeping the previous table");
+                            seen = now;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "coverage reload task failed"),
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "coverage reload task failed"),
+            }
+            {
+                let now = health::unix_now_ms();
+                let reg = registry.borrow_and_update();
+                let key = reg.reported_key(now, src.reported_hold_ms);
+                if key != reported_key {
+                    reported = reg.reported_coverage(now, src.reported_hold_ms);
+                    reported_key = key;
+                    rebuild = true;
+                }
+            }
+            if rebuild {
+                let entries = reported.iter().cloned().chain(src.file_entries.iter().cloned()).collect();
+                let map = CoverageMap::build(&src.edges, entries);
+                tracing::info!(prefixes = map.len(), reported = reported.len(), "coverage rebuilt");
+                table.send_replace(Arc::new(map));
             }
         }
-        tracing::debug!("coverage reloader stopped");
+        tracing::debug!("coverage keeper stopped");
     })
 }
 
-/// Validates `config`, starts the health prober (and the coverage reloader when a
-/// coverage file is configured) and serves on `listener` until `shutdown` resolves;
+/// Validates `config`, starts the health prober and the coverage keeper (coverage file
+/// reloads, prefixes edges report) and serves on `listener` until `shutdown` resolves;
 /// then stops the background tasks and waits for them.
 pub async fn run(
     config: Config,
@@ -637,7 +720,7 @@ pub async fn run(
         Some(path) => coverage::load_file(path)?,
         None => Vec::new(),
     };
-    let (coverage_tx, coverage_rx) = watch::channel(Arc::new(CoverageMap::build(&edges, file_entries)));
+    let (coverage_tx, coverage_rx) = watch::channel(Arc::new(CoverageMap::build(&edges, file_entries.clone())));
     let client = health::probe_client(config.probe_timeout())?;
     let registry = Registry::new(
         edges.clone(),
@@ -654,20 +737,46 @@ pub async fn run(
     let (stop_cov_tx, stop_cov_rx) = oneshot::channel::<()>();
     let settings = ProbeSettings { interval: config.probe_interval(), timeout: config.probe_timeout() };
     let prober = health::spawn_prober(client, settings, registry_tx.clone(), stop_probe_rx);
-    let reloader = config.coverage_file.clone().map(|path| {
-        spawn_coverage_reloader(
-            path,
-            edges.clone(),
-            Duration::from_millis(config.coverage_reload_ms),
-            coverage_tx,
-            stop_cov_rx,
-        )
-    });
+    let coverage_keeper = spawn_coverage_keeper(
+        CoverageSources {
+            edges: edges.clone(),
+            file: config.coverage_file.clone(),
+            file_entries: file_entries.clone(),
+            interval: Duration::from_millis(config.coverage_reload_ms),
+            reported_hold_ms: config.reported_prefix_hold_ms,
+        },
+        registry_tx.subscribe(),
+        coverage_tx,
+        stop_cov_rx,
+    );
     let popularity = match &config.popularity_dir {
         Some(dir) => crate::popularity::PopularityStore::open(dir, crate::popularity::DEFAULT_DAYS_KEPT)?,
         None => crate::popularity::PopularityStore::in_memory(crate::popularity::DEFAULT_DAYS_KEPT),
     };
-    let popularity = crate::popularity::router(popularity, registry_tx.subscribe(), config.heartbeat_token.clone());
+    let store = match &config.edges_dir {
+        Some(dir) => Some(Arc::new(crate::enroll::EnrollStore::open(dir)?)),
+        None => None,
+    };
+    let auth = Arc::new(EdgeAuth { heartbeat_token: config.heartbeat_token.clone(), store: store.clone() });
+    let (stop_rev_tx, stop_rev_rx) = oneshot::channel::<()>();
+    let revocations = store.clone().map(|st| {
+        crate::enroll::spawn_revocation_watcher(st, registry_tx.clone(), Duration::from_millis(500), stop_rev_rx)
+    });
+    // The watcher stops with the server.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_rev_tx.send(());
+    };
+    let enroll = store.map(|store| {
+        crate::enroll::router(Arc::new(crate::enroll::EnrollApi {
+            store,
+            token_keys: config.token_key_specs(),
+            steering_url: config.public_url.as_deref().map(|u| u.trim_end_matches('/').to_owned()),
+            upstream: config.origin_base(),
+            heartbeat_interval_ms: (config.heartbeat_timeout_ms / 3).max(1),
+        }))
+    });
+    let popularity = crate::popularity::router(popularity, registry_tx.subscribe(), Arc::clone(&auth));
     let origin = config.origin_base();
     let state = Arc::new(AppState {
         registry: registry_tx,
@@ -683,7 +792,8 @@ pub async fn run(
             origin: origin.is_some(),
         },
         origin,
-        heartbeat_token: config.heartbeat_token.clone(),
+        auth,
+        token_keys: config.token_key_specs(),
         steering_ttl_s: config.steering_ttl_s,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -694,22 +804,40 @@ pub async fn run(
     });
     // Whether serving ends by the signal or by an error, the stop senders are sent or
     // dropped, and either ends the background tasks.
-    let app = router(state).merge(popularity);
-    // Answers are one small write each: send them at once rather than behind Nagle.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_probe_tx.send(());
-            let _ = stop_cov_tx.send(());
-        })
-        .await;
+    let mut app = router(state).merge(popularity);
+    if let Some(enroll) = enroll {
+        app = app.merge(enroll);
+    }
+    // One accept loop per core on its own single-threaded runtime: a request then never
+    // wakes another thread (that and socket work were most of the CPU of a redirect).
+    // The probes and the coverage keeper stay on this runtime.
+    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let stop_background = async move {
+        shutdown.await;
+        let _ = stop_probe_tx.send(());
+        let _ = stop_cov_tx.send(());
+    };
+    let served = svc::serve::per_core(
+        "steering",
+        listener.into_std()?,
+        svc::serve::default_threads(),
+        stop_background,
+        move |listener, stop| {
+            // Answers are one small write each: send them at once rather than behind Nagle.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+                let _ = tcp.set_nodelay(true);
+            });
+            std::future::IntoFuture::into_future(
+                axum::serve(listener, make_service.clone()).with_graceful_shutdown(stop.signal()),
+            )
+        },
+    )
+    .await;
     prober.await?;
-    if let Some(r) = reloader {
+    if let Some(r) = revocations {
         r.await?;
     }
+    coverage_keeper.await?;
     served?;
     Ok(())
 }
@@ -720,6 +848,7 @@ mod tests {
 
     #[test]
     fn secrets_compare_exactly() {
+        use crate::enroll::same_secret;
         assert!(same_secret(b"abc", b"abc"));
         assert!(!same_secret(b"abc", b"abd") && !same_secret(b"abc", b"ab"));
     }

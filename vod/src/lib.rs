@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod content_steering;
 pub mod cors;
+pub mod edge_auth;
 pub mod id;
 pub mod key;
 pub mod ladder;

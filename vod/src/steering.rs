@@ -73,6 +73,10 @@ pub struct Heartbeat {
     /// Site, needed only when registering an edge steering does not know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// Client prefixes (CIDR) this edge serves: learned over BGP from the ISP's router, plus static
+    /// ones from its config. Each heartbeat carries the whole set; an empty one withdraws them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<String>,
 }
 
 fn default_true() -> bool {
@@ -93,6 +97,23 @@ impl Heartbeat {
             titles: Vec::new(),
             url: None,
             site: None,
+            prefixes: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_prefixes_are_optional_on_the_wire() {
+        let hb: Heartbeat = serde_json::from_str(r#"{"edge": "e1"}"#).unwrap();
+        assert!(hb.prefixes.is_empty());
+        assert!(!serde_json::to_string(&hb).unwrap().contains("prefixes"), "an empty set is left out");
+        let mut hb = Heartbeat::new("e1");
+        hb.prefixes = vec!["10.1.0.0/16".into(), "2001:db8::/32".into()];
+        let back: Heartbeat = serde_json::from_str(&serde_json::to_string(&hb).unwrap()).unwrap();
+        assert_eq!(back, hb);
     }
 }

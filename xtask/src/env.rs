@@ -25,6 +25,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "chromium",
     // The encoder's fleet tests start their own PostgreSQL server (initdb + postgres).
     "postgresql",
+    // `cargo xtask deb` and the package test: dpkg-shlibdeps, strip, adduser for the
+    // maintainer scripts, systemd-analyze to verify the unit.
+    "dpkg-dev",
+    "binutils",
+    "adduser",
+    "systemd",
+    // The edge's BGP test peers with a real routing daemon.
+    "bird2",
 ];
 
 /// PyPI packages tests start as real servers (installed with pip if missing).

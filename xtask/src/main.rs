@@ -1,8 +1,10 @@
 //! `cargo xtask demo [--serve]`, `cargo xtask test`, `cargo xtask deps`,
-//! `cargo xtask media`. Each installs what it needs before it builds, so the
-//! two README commands work on a fresh Debian 12 machine.
+//! `cargo xtask media`, `cargo xtask deb` (the vod-edge Debian package).
+//! Each installs what it needs before it builds, so the two README commands
+//! work on a fresh Debian 12 machine.
 
 mod bench;
+mod deb;
 mod demo;
 mod env;
 
@@ -16,8 +18,9 @@ fn main() -> Result<()> {
         Some("deps") => env::install_system_deps(),
         Some("media") => env::bbb_clip().map(|p| println!("{}", p.display())),
         Some("bench") => bench::run(args.get(1).map(String::as_str)),
+        Some("deb") => deb::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <demo [--serve] | test | bench NAME | deps | media>");
+            eprintln!("usage: cargo xtask <demo [--serve] | test | bench NAME | deps | media | deb [--binary PATH] [--out DIR] [--fast]>");
             std::process::exit(2);
         }
     }
