@@ -8,6 +8,17 @@ use encoder::{finalize, plan_tasks, run_job, run_task, EncodeError, JobSpec, Lad
 use origin::{LocalStore, PublishTarget};
 use vod::{Catalog, MediaKind, ObjectKey, TitleId};
 
+/// The tests of this file encode one at a time. Byte identity between a chunked
+/// and a single-process encode holds for one encode per process (a worker runs
+/// one task at a time), but with other encodes (x265, SVT-AV1, x264) running
+/// in the same process at once, a segment has come out a few bytes different
+/// in some runs; the cause is not found yet.
+static ONE_ENCODE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_ENCODE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn ffprobe_frames(file: &Path) -> Vec<f64> {
     let args: Vec<String> = [
         "-v",
@@ -64,6 +75,7 @@ fn spec(title: &str, chunk_segments: u32) -> JobSpec {
 
 #[test]
 fn chunks_in_any_order_join_into_the_source_frames() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // A source with B-frames and a keyframe every 0.48 s: chunk starts fall
     // between keyframes, so every chunk but the first seeks and drops frames.
@@ -184,6 +196,7 @@ fn chunks_in_any_order_join_into_the_source_frames() {
 
 #[test]
 fn partial_titles_are_cleaned() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::new(dir.path());
     let title = TitleId::new("half").unwrap();
@@ -198,6 +211,7 @@ fn partial_titles_are_cleaned() {
 
 #[test]
 fn extra_codecs_get_their_own_renditions_and_codec_strings() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("clip.mp4");
     stack::generate_clip(&clip, 2, 320, 180).unwrap();
@@ -232,6 +246,7 @@ fn extra_codecs_get_their_own_renditions_and_codec_strings() {
 
 #[test]
 fn planning_refuses_sources_that_cannot_be_encoded() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let spec = spec("bad", 2);
     let text = dir.path().join("notes.mp4");
@@ -272,6 +287,7 @@ fn ffmpeg(args: &[&str]) {
 
 #[test]
 fn unclean_sources_join_frame_exact_across_chunks() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).display().to_string();
     let src = "testsrc2=size=480x272:rate=25";
