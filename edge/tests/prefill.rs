@@ -51,17 +51,24 @@ async fn nothing_is_fetched_outside_the_window_and_everything_inside_it() {
     // 01:00 local: outside 02:00-10:00 until the test moves the clock.
     let now = Arc::new(AtomicU32::new(3600));
     let clock_now = Arc::clone(&now);
+    // Counts the window's looks at the clock, so the test can wait for several of them.
+    let looks = Arc::new(AtomicU32::new(0));
+    let clock_looks = Arc::clone(&looks);
     let settings = PrefillSettings {
         window: Some(PrefillWindow::parse("02:00-10:00").unwrap()),
-        clock: Arc::new(move || clock_now.load(Ordering::SeqCst)),
+        clock: Arc::new(move || {
+            clock_looks.fetch_add(1, Ordering::SeqCst);
+            clock_now.load(Ordering::SeqCst)
+        }),
         window_poll: Duration::from_millis(20),
         ..Default::default()
     };
     let progress = Arc::new(PrefillProgress::default());
     let task = tokio::spawn(edge::prefill::run(filler.clone(), plan_of(&objs), settings, Arc::clone(&progress)));
     assert!(eventually(|| async { progress.state() == PrefillState::WaitingWindow }).await);
-    // A bounded look: several polls of the clock pass with no fill traffic.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Ten more looks at the clock outside the window pass with no fill traffic.
+    let seen = looks.load(Ordering::SeqCst);
+    assert!(eventually(|| async { looks.load(Ordering::SeqCst) >= seen + 10 }).await);
     assert_eq!(proxy.hits(), 0, "fill traffic outside the window");
     assert_eq!(progress.held_objects.load(Ordering::SeqCst), 0);
     now.store(2 * 3600 + 60, Ordering::SeqCst);
