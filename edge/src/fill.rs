@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use vod::ObjectKey;
 
 use crate::disk::{DiskTier, Stored};
-use crate::error::EdgeError;
+use crate::error::{EdgeError, Fault};
 use crate::fill_stream::GrowingBody;
 use crate::memory::{CachedObject, MemoryTier};
 use crate::metrics::EdgeMetrics;
@@ -366,11 +366,34 @@ impl FillInner {
         let ttl = if key.is_immutable() { None } else { Some(this.manifest_ttl) };
         // Whether any tier will take it: if not, the chunks are never joined into one copy.
         let keep = ttl.is_some() || len <= this.ram.capacity_bytes() || (this.disk.is_some() && key.is_immutable());
+        let mut from = i;
         let received = async {
             let mut digest = DigestCheck::for_etag(opened.etag.as_deref());
-            while let Some(chunk) = opened.chunk().await? {
-                digest.update(&chunk);
-                body.push(chunk).map_err(|detail| opened.truncated(detail))?;
+            loop {
+                match opened.chunk().await {
+                    Ok(Some(chunk)) => {
+                        digest.update(&chunk);
+                        body.push(chunk).map_err(|detail| opened.truncated(detail))?;
+                    }
+                    Ok(None) => break,
+                    // A body that breaks off goes on from another upstream,
+                    // same version only (a strong ETag to ask `If-Range` with):
+                    // the readers see one body, never a seam.
+                    Err(e) if e.fault() == Fault::Upstream && body.etag().is_some() => {
+                        let (at, etag) = (body.received(), body.etag().unwrap_or_default());
+                        match this.upstream.resume(&key, from, at, len, etag, &this.metrics).await {
+                            Ok((j, rest)) => {
+                                this.upstream.settle(from, &key, Err(&e), &this.metrics);
+                                (from, opened) = (j, rest);
+                            }
+                            Err(why) => {
+                                tracing::debug!(%key, error = %why, "no upstream can resume the fill");
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let whole = body.finish(keep).map_err(|detail| opened.truncated(detail))?;
             // Readers still lack the last byte: a mismatch aborts them too.
@@ -378,7 +401,7 @@ impl FillInner {
             Ok(whole)
         }
         .await;
-        this.upstream.settle(i, &key, received.as_ref().map(|_| ()), &this.metrics);
+        this.upstream.settle(from, &key, received.as_ref().map(|_| ()), &this.metrics);
         match received {
             Ok(Some(whole)) => {
                 let etag = opened.etag.take().unwrap_or_else(|| derived_etag(&whole));

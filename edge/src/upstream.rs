@@ -58,20 +58,68 @@ impl Upstream {
     /// checked (404/410 → `NotFound`; other non-200 → `UpstreamStatus`),
     /// Content-Length and strong ETag read, body still to come.
     pub async fn open(&self, key: &ObjectKey) -> Result<Opened, EdgeError> {
-        let url = self.url_of(key);
-        let timeout_ms = self.timeout.as_millis() as u64;
-        let resp = self.client.get(&url).send().await.map_err(|e| {
-            if e.is_timeout() {
-                EdgeError::UpstreamTimeout { url: url.clone(), timeout_ms }
-            } else {
-                EdgeError::UpstreamUnreachable { url: url.clone(), cause: e }
-            }
-        })?;
+        let (resp, url) = self.send(key, None).await?;
         match resp.status().as_u16() {
             200 => {}
             404 | 410 => return Err(EdgeError::NotFound { key: key.to_string() }),
             status => return Err(EdgeError::UpstreamStatus { url, status }),
         }
+        Ok(self.opened(resp, url, 0))
+    }
+
+    /// GETs bytes `from..len` of the version of `key` whose strong ETag is
+    /// `etag`, for a fill whose upstream broke off after `from` bytes. Asks
+    /// with `Range` and `If-Range`; takes a 206 whose Content-Range is
+    /// exactly `from-(len-1)/len`, or a 200 of the same version and length
+    /// (whose first `from` bytes are then skipped). Anything else, such as a
+    /// different ETag (the object changed, or this upstream keeps another
+    /// copy), is an error: bytes of two versions are never joined.
+    pub async fn open_rest(&self, key: &ObjectKey, from: u64, len: u64, etag: &str) -> Result<Opened, EdgeError> {
+        let (resp, url) = self.send(key, Some((from, etag))).await?;
+        let skip = match resp.status().as_u16() {
+            200 => from,
+            206 => {
+                let want = format!("bytes {from}-{}/{len}", len.saturating_sub(1));
+                let got = resp.headers().get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                if got != want {
+                    return Err(EdgeError::UpstreamCorrupt {
+                        url,
+                        detail: format!("resuming at byte {from}: Content-Range {got:?}, expected {want:?}"),
+                    });
+                }
+                0
+            }
+            404 | 410 => return Err(EdgeError::NotFound { key: key.to_string() }),
+            status => return Err(EdgeError::UpstreamStatus { url, status }),
+        };
+        let opened = self.opened(resp, url, skip);
+        let total = opened.len.map(|n| n + from - skip);
+        if opened.etag.as_deref() != Some(etag) || total != Some(len) {
+            return Err(opened.corrupt(format!(
+                "resuming at byte {from}: another version (ETag {:?}, {:?} bytes; expected {etag}, {len} bytes)",
+                opened.etag, total
+            )));
+        }
+        Ok(opened)
+    }
+
+    /// Sends the GET for `key`, as a `Range` request from a byte with `If-Range` when `rest` is given.
+    async fn send(&self, key: &ObjectKey, rest: Option<(u64, &str)>) -> Result<(reqwest::Response, String), EdgeError> {
+        let url = self.url_of(key);
+        let mut req = self.client.get(&url);
+        if let Some((from, etag)) = rest {
+            req = req.header(header::RANGE, format!("bytes={from}-")).header(header::IF_RANGE, etag);
+        }
+        let timeout_ms = self.timeout.as_millis() as u64;
+        match req.send().await {
+            Ok(resp) => Ok((resp, url)),
+            Err(e) if e.is_timeout() => Err(EdgeError::UpstreamTimeout { url, timeout_ms }),
+            Err(e) => Err(EdgeError::UpstreamUnreachable { url, cause: e }),
+        }
+    }
+
+    /// The head of an answered GET: Content-Length and strong ETag read, body still to come.
+    fn opened(&self, resp: reqwest::Response, url: String, skip: u64) -> Opened {
         let len = resp
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -83,7 +131,7 @@ impl Upstream {
             .and_then(|v| v.to_str().ok())
             .filter(|v| v.starts_with('"') && v.ends_with('"') && v.len() >= 2)
             .map(str::to_owned);
-        Ok(Opened { resp, url, timeout_ms, len, etag })
+        Opened { resp, url, timeout_ms: self.timeout.as_millis() as u64, len, etag, skip }
     }
 
     /// GETs the whole object; a body shorter or longer than its
@@ -103,18 +151,30 @@ pub struct Opened {
     pub len: Option<u64>,
     /// The upstream's strong ETag, quoted, if it sent one.
     pub etag: Option<String>,
+    /// Leading body bytes still to drop (a resume answered with the whole object).
+    skip: u64,
 }
 
 impl Opened {
     /// The next chunk of the body; `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, EdgeError> {
-        self.resp.chunk().await.map_err(|e| {
-            if e.is_timeout() {
-                EdgeError::UpstreamTimeout { url: self.url.clone(), timeout_ms: self.timeout_ms }
-            } else {
-                EdgeError::UpstreamTruncated { url: self.url.clone(), detail: e.to_string() }
+        loop {
+            let chunk = self.resp.chunk().await.map_err(|e| {
+                if e.is_timeout() {
+                    EdgeError::UpstreamTimeout { url: self.url.clone(), timeout_ms: self.timeout_ms }
+                } else {
+                    EdgeError::UpstreamTruncated { url: self.url.clone(), detail: e.to_string() }
+                }
+            })?;
+            match chunk {
+                Some(c) if self.skip >= c.len() as u64 => self.skip -= c.len() as u64,
+                Some(c) if self.skip > 0 => {
+                    let from = std::mem::take(&mut self.skip) as usize;
+                    return Ok(Some(c.slice(from..)));
+                }
+                other => return Ok(other),
             }
-        })
+        }
     }
 
     /// A length mismatch as an error.
@@ -259,6 +319,44 @@ impl UpstreamSet {
                 tracing::warn!(%key, upstream = %self.members[i].0.base, error = %e, "upstream fetch failed");
             }
         }
+    }
+
+    /// Picks up a body that upstream `failed` broke off after `from` of its
+    /// `len` bytes: asks the other upstreams, in order after it and then
+    /// those before it, for the rest of the same version (`etag`). Returns
+    /// the upstream and its response, positioned at byte `from`.
+    pub async fn resume(
+        &self,
+        key: &ObjectKey,
+        failed: usize,
+        from: u64,
+        len: u64,
+        etag: &str,
+        metrics: &EdgeMetrics,
+    ) -> Result<(usize, Opened), EdgeError> {
+        let n = self.members.len();
+        let mut last = None;
+        for i in (1..n).map(|k| (failed + k) % n) {
+            if !self.breaker(i).allow(Instant::now()) {
+                continue;
+            }
+            metrics.upstream_fetch();
+            match self.members[i].0.open_rest(key, from, len, etag).await {
+                Ok(opened) => {
+                    tracing::info!(%key, upstream = %self.members[i].0.base, from, "resuming a broken fill");
+                    return Ok((i, opened));
+                }
+                // Another version there is no fault of that upstream's.
+                Err(e @ EdgeError::UpstreamCorrupt { .. }) => last = Some(e),
+                Err(e) => {
+                    if e.fault() == Fault::Upstream {
+                        self.settle(i, key, Err(&e), metrics);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(EdgeError::UpstreamsDown { count: n }))
     }
 
     /// Fetches the whole of `key` from the first upstream that delivers it

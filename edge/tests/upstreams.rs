@@ -3,6 +3,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -117,4 +118,85 @@ async fn with_every_breaker_open_requests_fail_at_once() {
     }
     assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
     edge.stop().await;
+}
+
+/// A relay to `target` that passes Range and If-Range on, records the Range
+/// of each request, and hangs up after `cut_after` body bytes when set.
+async fn relay(target: String, cut_after: Option<usize>) -> (String, Arc<Mutex<Vec<String>>>, AbortOnDrop) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let ranges = Arc::new(Mutex::new(Vec::new()));
+    let seen = ranges.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (target, seen) = (target.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&req).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)))
+                        .map(|(_, v)| v.trim().to_owned())
+                };
+                seen.lock().unwrap().push(header("range").unwrap_or_default());
+                let mut up = client().get(format!("{target}{path}"));
+                for name in ["range", "if-range"] {
+                    if let Some(v) = header(name) {
+                        up = up.header(name, v);
+                    }
+                }
+                let Ok(up) = up.send().await else { return };
+                let mut out = format!("HTTP/1.1 {}\r\n", up.status());
+                for name in ["content-length", "etag", "content-range"] {
+                    if let Some(v) = up.headers().get(name) {
+                        out.push_str(&format!("{name}: {}\r\n", v.to_str().unwrap()));
+                    }
+                }
+                out.push_str("\r\n");
+                let body = up.bytes().await.unwrap();
+                let n = cut_after.unwrap_or(body.len()).min(body.len());
+                let _ = s.write_all(out.as_bytes()).await;
+                let _ = s.write_all(&body[..n]).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (url, ranges, AbortOnDrop(task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_mid_way_goes_on_from_the_next_upstream_in_the_same_response() {
+    const LEN: usize = 400_000;
+    let seg = body(4, LEN);
+    let (origin, _dir) = start_origin(&[(SEG, seg.clone())]).await;
+    let (cutting, cut_ranges, _t1) = relay(origin.url(), Some(LEN / 2)).await;
+    let (next, next_ranges, _t2) = relay(origin.url(), None).await;
+    let cfg = edge::EdgeConfig { upstreams: vec![next], ..edge_config(&cutting) };
+    let edge = start_edge(cfg).await;
+
+    // One response, complete and right, although the first upstream hung up half way.
+    let (status, cache, got) = get(edge.addr, SEG).await;
+    assert_eq!((status, cache.as_str()), (200, "MISS"));
+    assert!(got == seg, "the resumed body differs from the object ({} of {LEN} bytes)", got.len());
+    assert_eq!(*cut_ranges.lock().unwrap(), [""], "the first upstream is asked once, for the whole object");
+    let asked = next_ranges.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "one request for the rest: {asked:?}");
+    let from: usize = asked[0].strip_prefix("bytes=").and_then(|r| r.strip_suffix('-')).unwrap().parse().unwrap();
+    assert!(from > 0 && from <= LEN / 2, "resumed at byte {from}, the cut was at {}", LEN / 2);
+    // Stored whole: the next request is a hit, the cut counted against the first upstream.
+    let (status, cache, got) = get(edge.addr, SEG).await;
+    assert_eq!((status, cache.as_str()), (200, "HIT"));
+    assert!(got == seg);
+    assert_eq!(metric(edge.addr, "edge_upstream_errors_total").await, 1.0);
+    edge.stop().await;
+    origin.stop().await;
 }
