@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -45,14 +45,7 @@ impl SlowUpstream {
             while let Ok((mut s, _)) = listener.accept().await {
                 let (h, c, body, mut gate, etag) = (h.clone(), c.clone(), body.clone(), gate.clone(), etag.clone());
                 tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                    let Some(_) = read_head(&mut s).await else { return };
                     h.fetch_add(1, Ordering::SeqCst);
                     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\n\r\n", body.len());
                     let half = body.len() / 2;

@@ -123,7 +123,7 @@ async fn with_every_breaker_open_requests_fail_at_once() {
 /// A relay to `target` that passes Range and If-Range on, records the Range
 /// of each request, and hangs up after `cut_after` body bytes when set.
 async fn relay(target: String, cut_after: Option<usize>) -> (String, Arc<Mutex<Vec<String>>>, AbortOnDrop) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let ranges = Arc::new(Mutex::new(Vec::new()));
@@ -132,14 +132,7 @@ async fn relay(target: String, cut_after: Option<usize>) -> (String, Arc<Mutex<V
         while let Ok((mut s, _)) = listener.accept().await {
             let (target, seen) = (target.clone(), seen.clone());
             tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(req) = read_head(&mut s).await else { return };
                 let head = String::from_utf8_lossy(&req).into_owned();
                 let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
                 let header = |name: &str| {

@@ -220,6 +220,20 @@ async fn forward(State(p): State<Arc<ProxyState>>, req: Request<Body>) -> Respon
     b.body(Body::from(up.bytes().await.unwrap())).unwrap()
 }
 
+/// Reads a request head (through its blank line) off `s`; `None` if the
+/// connection closed or failed first.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(req)
+}
+
 /// An upstream that promises `declared` bytes, sends `sent`, and hangs up.
 /// Returns its address, a connection counter and its task.
 pub async fn truncating_upstream(declared: usize, sent: usize) -> (SocketAddr, Arc<AtomicUsize>, AbortOnDrop) {
@@ -231,14 +245,7 @@ pub async fn truncating_upstream(declared: usize, sent: usize) -> (SocketAddr, A
         while let Ok((mut s, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(_) = read_head(&mut s).await else { return };
                 let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\nETag: \"t\"\r\n\r\n");
                 let _ = s.write_all(head.as_bytes()).await;
                 let _ = s.write_all(&vec![b'x'; sent]).await;
