@@ -94,6 +94,18 @@ impl Service {
         Ok(Self { name: name.to_owned(), addr, child, log })
     }
 
+    /// `origin serve --root STORE` on 127.0.0.1, port 0, logging to `log_dir/origin.log`.
+    pub fn origin(store: &Path, log_dir: &Path, timeout: Duration) -> Result<Self, StartError> {
+        let args = ["serve", "--root", &store.display().to_string(), "--listen", "127.0.0.1:0"].map(String::from);
+        Self::start("origin", &bin("origin"), &args, log_dir, timeout)
+    }
+
+    /// `steering serve --config CONFIG` (the config sets where it listens), logging to `log_dir/steering.log`.
+    pub fn steering(config: &Path, log_dir: &Path, timeout: Duration) -> Result<Self, StartError> {
+        let args = ["serve", "--config", &config.display().to_string()].map(String::from);
+        Self::start("steering", &bin("steering"), &args, log_dir, timeout)
+    }
+
     /// `http://addr`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

@@ -177,14 +177,7 @@ fn prefixes_announced_by_a_bird_router_steer_clients_to_the_edge() {
         ),
     )
     .unwrap();
-    let steering = Service::start(
-        "steering",
-        &bin("steering"),
-        &[s("serve"), s("--config"), steering_cfg.display().to_string()],
-        &logs,
-        WAIT,
-    )
-    .unwrap();
+    let steering = Service::steering(&steering_cfg, &logs, WAIT).unwrap();
     let edge_cfg = dir.path().join("edge.toml");
     std::fs::write(
         &edge_cfg,

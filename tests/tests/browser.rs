@@ -147,14 +147,7 @@ struct Stack {
 }
 
 fn start_stack(store: &Path, logs: &Path, work: &Path) -> Stack {
-    let origin = Service::start(
-        "origin",
-        &bin("origin"),
-        &[s("serve"), s("--root"), store.display().to_string(), s("--listen"), s("127.0.0.1:0")],
-        logs,
-        WAIT,
-    )
-    .unwrap();
+    let origin = Service::origin(store, logs, WAIT).unwrap();
     let edges: Vec<Service> = ["edge-a", "edge-b"]
         .iter()
         .map(|name| {
@@ -193,28 +186,14 @@ fn start_stack(store: &Path, logs: &Path, work: &Path) -> Stack {
     }
     let path = work.join("steering.toml");
     std::fs::write(&path, cfg).unwrap();
-    let steering = Service::start(
-        "steering",
-        &bin("steering"),
-        &[s("serve"), s("--config"), path.display().to_string(), s("--listen"), s("127.0.0.1:0")],
-        logs,
-        WAIT,
-    )
-    .unwrap();
+    let steering = Service::steering(&path, logs, WAIT).unwrap();
     Stack { steering, edges, _origin: origin }
 }
 
 /// Steering first, then edges that register themselves by heartbeats and
 /// steer the master playlists they serve at it (content steering).
 fn start_steered_stack(store: &Path, logs: &Path, work: &Path) -> Stack {
-    let origin = Service::start(
-        "origin",
-        &bin("origin"),
-        &[s("serve"), s("--root"), store.display().to_string(), s("--listen"), s("127.0.0.1:0")],
-        logs,
-        WAIT,
-    )
-    .unwrap();
+    let origin = Service::origin(store, logs, WAIT).unwrap();
     let cfg = format!(
         "listen = \"127.0.0.1:0\"\ntoken_secret = \"{SECRET}\"\nheartbeat_token = \"{HEARTBEAT_TOKEN}\"\n\
          heartbeat_timeout_ms = 1200\nprobe_interval_ms = 300\nprobe_timeout_ms = 300\nprobe_failures_to_down = 1\n\
@@ -222,14 +201,7 @@ fn start_steered_stack(store: &Path, logs: &Path, work: &Path) -> Stack {
     );
     let path = work.join("steering-hb.toml");
     std::fs::write(&path, cfg).unwrap();
-    let steering = Service::start(
-        "steering",
-        &bin("steering"),
-        &[s("serve"), s("--config"), path.display().to_string(), s("--listen"), s("127.0.0.1:0")],
-        logs,
-        WAIT,
-    )
-    .unwrap();
+    let steering = Service::steering(&path, logs, WAIT).unwrap();
     let start_edge = |name: &str, site: &str, listen: &str| {
         Service::start(
             name,

@@ -50,14 +50,7 @@ impl Stack {
         let logs = dir.path().join("logs");
         stack::encode_generated(dir.path(), &store, "clip", (seconds, 426, 240), SEGMENT_SECONDS)
             .unwrap_or_else(|e| panic!("{e}"));
-        let origin = Service::start(
-            "origin",
-            &bin("origin"),
-            &[s("serve"), s("--root"), store.display().to_string(), s("--listen"), s("127.0.0.1:0")],
-            &logs,
-            WAIT,
-        )
-        .unwrap();
+        let origin = Service::origin(&store, &logs, WAIT).unwrap();
         let coverage = dir.path().join("coverage.csv");
         std::fs::write(&coverage, "prefix,site\n10.1.0.0/16,site-a\n2001:db8:a::/48,site-a\n").unwrap();
         let cfg = format!(
@@ -67,14 +60,7 @@ impl Stack {
         );
         let cfg_path = dir.path().join("steering.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
-        let steering = Service::start(
-            "steering",
-            &bin("steering"),
-            &[s("serve"), s("--config"), cfg_path.display().to_string()],
-            &logs,
-            WAIT,
-        )
-        .unwrap();
+        let steering = Service::steering(&cfg_path, &logs, WAIT).unwrap();
         Self { dir, store, logs, origin, steering }
     }
 

@@ -71,14 +71,7 @@ fn encode_clip(title: &str, seconds: u32) -> Fixture {
 }
 
 fn start_origin(f: &Fixture) -> Service {
-    Service::start(
-        "origin",
-        &bin("origin"),
-        &[s("serve"), s("--root"), f.store.display().to_string(), s("--listen"), s("127.0.0.1:0")],
-        &f.logs,
-        WAIT,
-    )
-    .unwrap()
+    Service::origin(&f.store, &f.logs, WAIT).unwrap()
 }
 
 fn start_edge(f: &Fixture, name: &str, upstream: &str) -> Service {
@@ -117,14 +110,7 @@ fn start_steering(f: &Fixture, edges: &[(&Service, &str, &str)]) -> Service {
     }
     let path = f.work.join("steering.toml");
     std::fs::write(&path, cfg).unwrap();
-    Service::start(
-        "steering",
-        &bin("steering"),
-        &[s("serve"), s("--config"), path.display().to_string()],
-        &f.logs,
-        WAIT,
-    )
-    .unwrap()
+    Service::steering(&path, &f.logs, WAIT).unwrap()
 }
 
 fn play_url(steering: &Service, title: &str, format: &str, client: &str) -> serde_json::Value {
