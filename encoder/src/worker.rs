@@ -108,6 +108,10 @@ pub async fn work(
 ) -> Result<WorkerStats, QueueError> {
     std::fs::create_dir_all(&cfg.staging)
         .map_err(|e| QueueError::BadRequest(format!("creating staging directory {}: {e}", cfg.staging.display())))?;
+    // Multipart uploads a killed publisher left in the default S3 store.
+    if let Some(Ok(location)) = cfg.store.as_deref().map(StoreLocation::parse) {
+        origin::store::s3::collect_stale_uploads(&location, origin::store::s3::PUBLISHER_GC_AGE).await;
+    }
     let mut stats = WorkerStats::default();
     loop {
         if *stop.borrow() {

@@ -2,19 +2,21 @@
 //! object; the origin then serves the previous version (byte for byte) or
 //! 404, never a truncated object. The publisher is this test binary run again
 //! with `CRASH_PUBLISHER` set: it writes part of a big object, says so on
-//! stdout, and waits to be killed.
+//! stdout, and waits to be killed. On S3 the killed upload stays behind as
+//! an incomplete multipart upload until `origin s3-gc` aborts it.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::moto::Moto;
 use common::{request, TestOrigin};
 use origin::store::ByteStream;
-use origin::{LocalStore, ObjectStore, S3Store, ServerLimits};
+use origin::{LocalStore, ObjectStore, S3Store, ServerLimits, StoreLocation};
 use vod::ObjectKey;
 
 const REPUBLISHED: &str = "titles/t/v1/1.m4s";
@@ -58,6 +60,19 @@ async fn crash_publisher() {
         let _ = u.await;
     }
     unreachable!("endless uploads ended");
+}
+
+/// The cleanup a publisher runs at start, in a process of its own because
+/// it reads the AWS environment; a no-op unless started by
+/// `killed_s3_publisher_leaves_old_version_or_nothing`.
+#[tokio::test]
+async fn stale_upload_collector() {
+    let Ok(store) = std::env::var("COLLECT_STALE") else { return };
+    let location = StoreLocation::parse(&store).unwrap();
+    let report = origin::store::s3::collect_stale_uploads(&location, origin::store::s3::PUBLISHER_GC_AGE)
+        .await
+        .expect("the store is reachable");
+    println!("COLLECTED {} KEPT {}", report.aborted.len(), report.kept.len());
 }
 
 fn spawn_publisher(target: &str) -> Child {
@@ -118,8 +133,69 @@ async fn killed_s3_publisher_leaves_old_version_or_nothing() {
     let child = spawn_publisher(&format!("s3:{}", moto.endpoint));
     tokio::task::spawn_blocking(move || kill_mid_upload(child)).await.unwrap();
     // Two multipart uploads were under way when the publisher died.
-    let pending = client.list_multipart_uploads().bucket("crash").send().await.unwrap();
-    assert_eq!(pending.uploads().len(), 2);
+    let pending = || async { client.list_multipart_uploads().bucket("crash").send().await.unwrap().uploads().len() };
+    assert_eq!(pending().await, 2);
     assert_eq!(store.list("titles/").await.unwrap(), [REPUBLISHED]);
+    check_served(Arc::new(store.clone())).await;
+
+    // The age bound, with the clock injected: moto reports every upload as
+    // started at one fixed time in 2010, so "now" is set relative to it.
+    let listed = store.pending_uploads().await.unwrap();
+    let mut keys: Vec<&str> = listed.iter().map(|u| u.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, [REPUBLISHED, NEW]);
+    let started = listed[0].initiated.expect("S3 reports when an upload started");
+    let hour = Duration::from_secs(3600);
+    let young = store.abort_stale_uploads(hour, started + hour / 2, false).await.unwrap();
+    assert_eq!((young.aborted.len(), young.kept.len()), (0, 2), "uploads younger than the bound are left alone");
+    assert_eq!(pending().await, 2);
+
+    // `origin s3-gc`: a dry run lists without aborting, then a run aborts.
+    let out = s3_gc(&moto, &["--store", "s3://crash/", "--older-than", "1h", "--dry-run"]);
+    assert!(out.contains("would abort 2, kept 0"), "{out}");
+    assert!(out.contains(&format!("would abort s3://crash/{NEW} upload")), "{out}");
+    assert_eq!(pending().await, 2);
+    let out = s3_gc(&moto, &["--store", "s3://crash", "--older-than", "1h"]);
+    assert!(out.contains(&format!("aborted s3://crash/{REPUBLISHED} upload")), "{out}");
+    assert!(out.contains("aborted 2, kept 0"), "{out}");
+    assert_eq!(pending().await, 0, "the killed publisher's uploads are gone");
+    check_served(Arc::new(store.clone())).await;
+
+    // The same cleanup runs when a publisher (an encoder worker) starts.
+    let child = spawn_publisher(&format!("s3:{}", moto.endpoint));
+    tokio::task::spawn_blocking(move || kill_mid_upload(child)).await.unwrap();
+    assert_eq!(pending().await, 2);
+    let collector = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "stale_upload_collector", "--nocapture", "--test-threads=1"])
+        .env("COLLECT_STALE", "s3://crash")
+        .envs(moto.env())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&collector.stdout);
+    assert!(out.contains("COLLECTED 2 KEPT 0"), "{out}");
+    assert_eq!(pending().await, 0);
     check_served(Arc::new(store)).await;
+
+    // A prefix only sees its own uploads; a directory store has none to collect.
+    let out = s3_gc(&moto, &["--store", "s3://crash/other", "--older-than", "0s"]);
+    assert!(out.contains("aborted 0, kept 0"), "{out}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_origin"))
+        .args(["s3-gc", "--store", "/srv/store", "--older-than", "1h"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("must be s3://"), "{refused:?}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_origin"))
+        .args(["s3-gc", "--store", "s3://crash", "--older-than", "1w"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown unit"), "{refused:?}");
+}
+
+/// Runs `origin s3-gc ARGS` against moto; returns its stdout (it must succeed).
+fn s3_gc(moto: &Moto, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_origin")).arg("s3-gc").args(args).envs(moto.env()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "s3-gc {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
 }

@@ -2,19 +2,25 @@
 //! Writes are atomic by S3's own rule: an object appears when its PUT or its
 //! multipart upload completes, never in parts. Reads pin the version they
 //! opened with `If-Match`, so a republish mid-stream fails the read instead
-//! of splicing two versions.
+//! of splicing two versions, and a body that ends short or stalls is an
+//! error, never a short object.
 
-use std::time::SystemTime;
+mod gc;
+mod multipart;
+
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream as S3Bytes;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use aws_sdk_s3::Client;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use vod::range::ByteRange;
 use vod::ObjectKey;
+
+pub use gc::{collect_stale_uploads, PendingUpload, StaleUploadReport, PUBLISHER_GC_AGE};
 
 use super::{collect, ByteStream, ObjectBody, ObjectMeta, ObjectReader, ObjectStore, StoreError};
 
@@ -22,6 +28,47 @@ use super::{collect, ByteStream, ObjectBody, ObjectMeta, ObjectReader, ObjectSto
 pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
 /// Size of each part of a multipart upload (S3's minimum is 5 MiB).
 pub const PART_BYTES: usize = 8 * 1024 * 1024;
+/// S3 numbers parts 1 to 10 000.
+pub const MAX_PARTS: i32 = 10_000;
+
+/// How objects are cut into parts and how a failed part is retried.
+///
+/// A part's bytes are kept until S3 has acknowledged it, so a part read from
+/// a stream can be sent again; memory is about `part_bytes` times
+/// (`parts_in_flight` + 1), whatever the object's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadTuning {
+    /// Objects up to this size go up in one PUT.
+    pub multipart_threshold: usize,
+    /// Bytes per part (S3 wants at least 5 MiB for every part but the last).
+    pub part_bytes: usize,
+    /// Parts uploading at once.
+    pub parts_in_flight: usize,
+    /// Attempts per part before the upload is aborted.
+    pub part_attempts: u32,
+    /// First retry delay; doubles per attempt (with jitter), capped at 8 s.
+    pub retry_base: Duration,
+    /// One attempt of one part (or of a single PUT) may take this long.
+    pub part_timeout: Duration,
+}
+
+impl Default for UploadTuning {
+    fn default() -> Self {
+        Self {
+            multipart_threshold: MULTIPART_THRESHOLD,
+            part_bytes: PART_BYTES,
+            parts_in_flight: 4,
+            part_attempts: 5,
+            retry_base: Duration::from_millis(250),
+            part_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Attempts of every request but the parts (which `UploadTuning` retries itself).
+pub const REQUEST_ATTEMPTS: u32 = 5;
+/// A read whose body sends nothing for this long fails.
+pub const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An S3 bucket and key prefix.
 #[derive(Debug, Clone)]
@@ -29,8 +76,8 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     prefix: String,
-    multipart_threshold: usize,
-    part_bytes: usize,
+    upload: UploadTuning,
+    read_idle_timeout: Duration,
 }
 
 impl S3Store {
@@ -40,15 +87,37 @@ impl S3Store {
             client,
             bucket: bucket.into(),
             prefix: prefix.into(),
-            multipart_threshold: MULTIPART_THRESHOLD,
-            part_bytes: PART_BYTES,
+            upload: UploadTuning::default(),
+            read_idle_timeout: READ_IDLE_TIMEOUT,
         }
     }
 
     /// Sets when uploads switch to multipart and the part size (at least 5 MiB for real S3).
     pub fn with_multipart(mut self, threshold: usize, part_bytes: usize) -> Self {
-        self.multipart_threshold = threshold;
-        self.part_bytes = part_bytes.max(1);
+        self.upload.multipart_threshold = threshold;
+        self.upload.part_bytes = part_bytes.max(1);
+        self
+    }
+
+    /// Sets every upload setting at once.
+    pub fn with_upload_tuning(mut self, tuning: UploadTuning) -> Self {
+        self.upload = UploadTuning {
+            part_bytes: tuning.part_bytes.max(1),
+            parts_in_flight: tuning.parts_in_flight.max(1),
+            part_attempts: tuning.part_attempts.max(1),
+            ..tuning
+        };
+        self
+    }
+
+    /// How uploads are cut and retried.
+    pub fn upload_tuning(&self) -> &UploadTuning {
+        &self.upload
+    }
+
+    /// Sets how long a read's body may send nothing before the read fails.
+    pub fn with_read_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.read_idle_timeout = timeout;
         self
     }
 
@@ -57,15 +126,12 @@ impl S3Store {
     /// moto), and path-style addressing when `AWS_S3_FORCE_PATH_STYLE` is
     /// true or an endpoint URL is set (virtual-host buckets rarely resolve there).
     pub async fn from_env(bucket: &str, prefix: &str) -> Result<Self, StoreError> {
-        use aws_smithy_http_client::tls;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-            .build_https();
         // The loader's own region and credential chains get the HTTP client
         // (IMDS needs one); a chain built apart from it would not.
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(http)
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+            .http_client(http_client())
+            .retry_config(request_retries())
+            .timeout_config(request_timeouts())
             .load()
             .await;
         let env_true =
@@ -80,6 +146,12 @@ impl S3Store {
         Ok(Self::new(Client::from_conf(conf), bucket, prefix))
     }
 
+    /// Applies the store's HTTP client, retries and timeouts to a client
+    /// configuration built by hand (the same ones `from_env` uses).
+    pub fn standard_config(builder: aws_sdk_s3::config::Builder) -> aws_sdk_s3::config::Builder {
+        builder.http_client(http_client()).retry_config(request_retries()).timeout_config(request_timeouts())
+    }
+
     /// The S3 client (for reads outside the key layout, such as encoder inputs).
     pub fn client(&self) -> &Client {
         &self.client
@@ -88,6 +160,11 @@ impl S3Store {
     /// The bucket.
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// The key prefix ("" or ending in `/`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     fn s3_key(&self, key: &str) -> String {
@@ -101,127 +178,44 @@ impl S3Store {
             .key(self.s3_key(&key.to_string()))
             .content_type(key.content_kind().mime())
             .body(S3Bytes::from(body))
+            .customize()
+            .config_override(self.attempt_timeout(self.upload.part_timeout))
             .send()
             .await
             .map_err(|e| remote(&key.to_string(), e))?;
         Ok(())
     }
 
-    /// Uploads `first` and then the rest of `body` as parts; aborts the
-    /// upload on any error so no part lingers (and nothing becomes visible).
-    async fn put_multipart(&self, key: &ObjectKey, first: Bytes, body: ByteStream) -> Result<(), StoreError> {
-        let k = key.to_string();
-        let s3_key = self.s3_key(&k);
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&s3_key)
-            .content_type(key.content_kind().mime())
-            .send()
-            .await
-            .map_err(|e| remote(&k, e))?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| StoreError::Remote { key: k.clone(), reason: "S3 returned no upload id".into() })?;
-        let result = self.upload_parts(&k, &s3_key, upload_id, first, body).await;
-        match result {
-            Ok((parts, total)) => {
-                let n = parts.len();
-                let done = self
-                    .client
-                    .complete_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&s3_key)
-                    .upload_id(upload_id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-                    .send()
-                    .await;
-                match done {
-                    Ok(_) => Ok(()),
-                    // A 200 whose body the SDK cannot read (moto 5.2 names the
-                    // root element differently; S3 documents 200s that carry
-                    // errors): the upload may or may not be complete, so ask.
-                    Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 200 => {
-                        let meta = self.head(key).await?;
-                        let suffix = format!("-{n}\"");
-                        if meta.len == total && meta.etag.ends_with(&suffix) {
-                            Ok(())
-                        } else {
-                            Err(StoreError::Remote {
-                                key: k,
-                                reason: format!("multipart completion unconfirmed: {}", DisplayErrorContext(se.err())),
-                            })
-                        }
-                    }
-                    Err(e) => Err(remote(&k, e)),
-                }
-            }
-            Err(e) => {
-                let abort = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&s3_key)
-                    .upload_id(upload_id)
-                    .send()
-                    .await;
-                if let Err(a) = abort {
-                    tracing::warn!(key = %k, error = %DisplayErrorContext(&a), "aborting a failed multipart upload failed");
-                }
-                Err(e)
-            }
-        }
+    /// A configuration override for requests that carry a body: each attempt
+    /// may take `timeout` in all (the client's read timeout would count the
+    /// upload itself against the wait for the answer).
+    fn attempt_timeout(&self, timeout: Duration) -> aws_sdk_s3::config::Builder {
+        let base = self.client.config().timeout_config().cloned().unwrap_or_else(request_timeouts);
+        let timeouts = base.to_builder().disable_read_timeout().operation_attempt_timeout(timeout).build();
+        aws_sdk_s3::config::Builder::new().timeout_config(timeouts)
     }
+}
 
-    async fn upload_parts(
-        &self,
-        k: &str,
-        s3_key: &str,
-        upload_id: &str,
-        first: Bytes,
-        mut body: ByteStream,
-    ) -> Result<(Vec<CompletedPart>, u64), StoreError> {
-        let mut parts = Vec::new();
-        let mut total = 0u64;
-        let mut pending = Some(first);
-        let mut buf = BytesMut::new();
-        loop {
-            let part = match pending.take() {
-                Some(p) => p,
-                None => {
-                    while buf.len() < self.part_bytes {
-                        match body.next().await {
-                            Some(chunk) => buf.extend_from_slice(
-                                &chunk.map_err(|source| StoreError::Io { key: k.to_owned(), source })?,
-                            ),
-                            None => break,
-                        }
-                    }
-                    if buf.is_empty() {
-                        break;
-                    }
-                    let n = buf.len().min(self.part_bytes);
-                    buf.split_to(n).freeze()
-                }
-            };
-            let number = parts.len() as i32 + 1;
-            total += part.len() as u64;
-            let out = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(s3_key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .body(S3Bytes::from(part))
-                .send()
-                .await
-                .map_err(|e| remote(k, e))?;
-            parts.push(CompletedPart::builder().set_e_tag(out.e_tag().map(str::to_owned)).part_number(number).build());
-        }
-        Ok((parts, total))
-    }
+/// HTTPS with rustls on ring (no aws-lc C build).
+fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https()
+}
+
+fn request_retries() -> aws_sdk_s3::config::retry::RetryConfig {
+    aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(REQUEST_ATTEMPTS)
+}
+
+/// Connecting may take 3.1 s (the SDK's default); a response must start
+/// within 60 s of its request (completing a big multipart upload is the
+/// slow one, and S3 keeps that connection alive with whitespace).
+fn request_timeouts() -> aws_sdk_s3::config::timeout::TimeoutConfig {
+    aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_millis(3100))
+        .read_timeout(Duration::from_secs(60))
+        .build()
 }
 
 fn remote<E, R>(key: &str, e: SdkError<E, R>) -> StoreError
@@ -267,6 +261,15 @@ struct S3Body {
     key: String,
     etag: String,
     len: u64,
+    idle_timeout: Duration,
+}
+
+/// What a read still expects: the bytes left, and how long the body may idle.
+struct BodyState {
+    body: S3Bytes,
+    key: String,
+    left: u64,
+    idle_timeout: Duration,
 }
 
 #[async_trait]
@@ -276,15 +279,46 @@ impl ObjectBody for S3Body {
             return Ok(Box::pin(futures::stream::empty()));
         }
         let mut req = self.client.get_object().bucket(&self.bucket).key(&self.s3_key).if_match(&self.etag);
-        if let Some(r) = range {
-            req = req.range(format!("bytes={}-{}", r.start, r.end));
-        }
+        let expected = match range {
+            Some(r) => {
+                req = req.range(format!("bytes={}-{}", r.start, r.end));
+                r.end.saturating_sub(r.start) + 1
+            }
+            None => self.len,
+        };
         let out = req.send().await.map_err(|e| remote(&self.key, e))?;
-        let stream = futures::stream::try_unfold(out.body, |mut body| async move {
-            match body.try_next().await {
-                Ok(Some(chunk)) => Ok(Some((chunk, body))),
-                Ok(None) => Ok(None),
-                Err(e) => Err(std::io::Error::other(e)),
+        let state = BodyState { body: out.body, key: self.key, left: expected, idle_timeout: self.idle_timeout };
+        // The HTTP layer already fails a body cut short of its Content-Length;
+        // counting here also catches a response that had none, or the wrong one.
+        let stream = futures::stream::try_unfold(state, |mut s| async move {
+            let next = tokio::time::timeout(s.idle_timeout, s.body.try_next()).await.map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("reading {} from S3: no data for {:?} with {} bytes to go", s.key, s.idle_timeout, s.left),
+                )
+            })?;
+            match next {
+                Ok(Some(chunk)) => match s.left.checked_sub(chunk.len() as u64) {
+                    Some(left) => {
+                        s.left = left;
+                        Ok(Some((chunk, s)))
+                    }
+                    None => Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("reading {} from S3: the body is longer than expected", s.key),
+                    )),
+                },
+                Ok(None) if s.left == 0 => Ok(None),
+                Ok(None) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("reading {} from S3: the body ended {} bytes short", s.key, s.left),
+                )),
+                Err(e) => Err(std::io::Error::other(format!(
+                    "reading {} from S3 ({} bytes to go): {}",
+                    s.key,
+                    s.left,
+                    DisplayErrorContext(&e)
+                ))),
             }
         });
         Ok(Box::pin(stream))
@@ -309,6 +343,7 @@ impl ObjectStore for S3Store {
             key: key.to_string(),
             etag: meta.etag.clone(),
             len: meta.len,
+            idle_timeout: self.read_idle_timeout,
         };
         Ok(ObjectReader { meta, body: Box::new(body) })
     }
@@ -327,35 +362,36 @@ impl ObjectStore for S3Store {
     }
 
     async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<(), StoreError> {
-        if body.len() <= self.multipart_threshold {
+        if body.len() <= self.upload.multipart_threshold {
             return self.put_small(key, body).await;
         }
-        let first = body.slice(..self.part_bytes.min(body.len()));
-        let rest = body.slice(first.len()..);
-        let rest: ByteStream = Box::pin(futures::stream::iter(
-            (0..rest.len())
-                .step_by(self.part_bytes)
-                .map(move |i| Ok(rest.slice(i..(i + self.part_bytes).min(rest.len()))))
-                .collect::<Vec<_>>(),
-        ));
-        self.put_multipart(key, first, rest).await
+        // One chunk: the parts are slices of it, not copies.
+        self.put_multipart(key, Box::pin(futures::stream::iter([Ok(body)]))).await
     }
 
     async fn put_stream(&self, key: &ObjectKey, mut body: ByteStream) -> Result<(), StoreError> {
-        // Buffer up to the threshold: small objects go up in one PUT.
-        let mut buf = BytesMut::new();
-        while buf.len() <= self.multipart_threshold {
+        // Hold chunks up to the threshold: small objects go up in one PUT.
+        // Chunks are kept as they came, not copied into one growing buffer.
+        let mut head = Vec::new();
+        let mut held = 0usize;
+        while held <= self.upload.multipart_threshold {
             match body.next().await {
                 Some(chunk) => {
-                    buf.extend_from_slice(&chunk.map_err(|source| StoreError::Io { key: key.to_string(), source })?)
+                    let chunk = chunk.map_err(|source| StoreError::Io { key: key.to_string(), source })?;
+                    held += chunk.len();
+                    head.push(Ok(chunk));
                 }
-                None => return self.put_small(key, buf.freeze()).await,
+                None => {
+                    let mut all = BytesMut::with_capacity(held);
+                    for chunk in head.into_iter().flatten() {
+                        all.extend_from_slice(&chunk);
+                    }
+                    return self.put_small(key, all.freeze()).await;
+                }
             }
         }
-        let mut all = buf.freeze();
-        let first = all.split_to(self.part_bytes.min(all.len()));
-        let rest: ByteStream = Box::pin(futures::stream::iter([Ok(all)]).chain(body));
-        self.put_multipart(key, first, rest).await
+        let rest: ByteStream = Box::pin(futures::stream::iter(head).chain(body));
+        self.put_multipart(key, rest).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
