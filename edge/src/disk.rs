@@ -23,10 +23,24 @@
 //! Hits are `Bytes` slices of the map (no copy). Each slice holds a lease on
 //! its region, and a region with leases out is never reclaimed, so a slow
 //! client never sees its bytes change under it.
+//!
+//! The map is registered with `svc::zerocopy`, so the serve loop sends hits
+//! with `sendfile` from the store file's pages. A socket then references
+//! those pages after the slice (and its lease) is gone: in its send queue,
+//! and on loopback in the peer's receive queue until the peer reads, where
+//! no `SIOCOUTQ` can see it. So the store never overwrites bytes that may
+//! have been sent in place: when a region is reclaimed, its kept objects
+//! are read out, the region is punched (`FALLOC_FL_PUNCH_HOLE`: the old
+//! pages leave the file but live on, unchanged, as long as a socket holds
+//! them) and the kept objects are written back to fresh pages. Appends
+//! between reclaims only write bytes that no object has used since the
+//! punch. Without hole punching (or with regions that are not whole pages)
+//! the map is not registered and hits are copied as before.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,12 +127,37 @@ struct DiskState {
     journal_records: u64,
     /// The earliest `pin_until` of any pinned object, so inserts check expiry in O(1).
     next_pin_expiry: Option<u64>,
+    /// Where the last object placed ends (`None` until the first insert after a
+    /// start): an insert placed elsewhere, or at a region's start, reclaimed regions.
+    head_end: Option<u64>,
+}
+
+/// The store's mapping, with the descriptor `sendfile` reads it through.
+/// Fields drop in order: the registration goes before the map and the file.
+struct StoreMap {
+    registration: Option<svc::zerocopy::Registration>,
+    map: Mmap,
+    _file: File,
+}
+
+impl std::ops::Deref for StoreMap {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl StoreMap {
+    /// Whether hits may be sent with `sendfile` (and reclaims must punch).
+    fn zero_copy(&self) -> bool {
+        self.registration.is_some()
+    }
 }
 
 /// The disk tier.
 pub struct DiskTier {
     dir: PathBuf,
-    map: Arc<Mmap>,
+    map: Arc<StoreMap>,
     store: File,
     state: Mutex<DiskState>,
     counters: DiskCounters,
@@ -127,7 +166,7 @@ pub struct DiskTier {
 
 /// A region of the map kept alive (and its region un-reclaimable) while a body is out.
 struct MapSlice {
-    map: Arc<Mmap>,
+    map: Arc<StoreMap>,
     _lease: Arc<()>,
     start: usize,
     end: usize,
@@ -178,6 +217,7 @@ impl DiskTier {
             }
         }
         let regions = (index.usable_bytes() / region_bytes) as usize;
+        let map = StoreMap::new(map, &store, &cfg.dir, region_bytes).map_err(|e| io("reopening", e))?;
         let journal = write_snapshot(&cfg.dir, &index, &meta, capacity, region_bytes)?;
         let loaded_entries = index.stats().entries;
         let mut state = DiskState {
@@ -187,6 +227,7 @@ impl DiskTier {
             journal,
             journal_records: loaded_entries + 1,
             next_pin_expiry: None,
+            head_end: None,
         };
         state.next_pin_expiry = state.meta.values().filter_map(|m| m.pin_until).min();
         Ok(Self {
@@ -290,9 +331,18 @@ impl DiskTier {
             self.counters.evictions.fetch_add(1, Ordering::Relaxed);
             self.journal(&mut st, &Record::del(k))?;
         }
+        if self.map.zero_copy() {
+            let reclaimed = !placement.evicted.is_empty() || !placement.moved.is_empty();
+            let (region_bytes, regions) = (st.index.region_bytes(), st.leases.len() as u64);
+            for r in reclaimed_regions(st.head_end, placement.offset, reclaimed, region_bytes, regions) {
+                self.rewrite_region(&mut st, r, key, &placement.moved)?;
+            }
+        }
+        st.head_end = Some(placement.offset + body.len() as u64);
         // Moves go to lower offsets of the same region, in offset order, so a
         // copy never overwrites a body that still has to move.
-        for m in &placement.moved {
+        let moves = if self.map.zero_copy() { &[][..] } else { &placement.moved[..] };
+        for m in moves {
             self.journal(&mut st, &Record::del(&m.key))?;
             let bytes = self.map[m.from as usize..(m.from + m.len) as usize].to_vec();
             self.write_at(&bytes, m.to)?;
@@ -427,6 +477,67 @@ impl DiskTier {
         keys.len() as u64
     }
 
+    /// Carries out a reclaim of region `r` without writing over any byte a
+    /// socket may still hold: the objects left in the region (moved ones at
+    /// their new offsets) are read out from the first page that changes,
+    /// that page and the rest of the region are punched out of the file, and
+    /// the bytes are written back to fresh pages. `incoming` (being placed)
+    /// is written by the caller afterwards.
+    fn rewrite_region(
+        &self,
+        st: &mut DiskState,
+        r: u64,
+        incoming: &ObjectKey,
+        moved: &[crate::disk_log::Move<ObjectKey>],
+    ) -> Result<(), EdgeError> {
+        let region_bytes = st.index.region_bytes();
+        let (start, end) = (r * region_bytes, (r + 1) * region_bytes);
+        let from_of = |k: &ObjectKey| moved.iter().find(|m| &m.key == k).map(|m| m.from);
+        let mut held: Vec<(ObjectKey, crate::disk_log::Slot, u64)> = st
+            .index
+            .iter()
+            .filter(|(k, s)| *k != incoming && s.offset >= start && s.offset < end)
+            .map(|(k, s)| (k.clone(), *s, from_of(k).unwrap_or(s.offset)))
+            .collect();
+        held.sort_by_key(|(_, s, _)| s.offset);
+        // Bytes up to the first moved object stay as they are; the page holding
+        // that boundary is rewritten whole, since its tail may have been sent.
+        let unchanged_end = held
+            .iter()
+            .find(|(_, s, from)| *from != s.offset)
+            .map_or_else(|| held.iter().map(|(_, s, _)| s.offset + s.len).max().unwrap_or(start), |(_, s, _)| s.offset);
+        let first = start + (unchanged_end - start) / PAGE_BYTES * PAGE_BYTES;
+        let last = held.iter().map(|(_, s, _)| s.offset + s.len).max().unwrap_or(first).max(first);
+        let mut bytes = vec![0u8; (last - first) as usize];
+        let affected: Vec<_> = held.into_iter().filter(|(_, s, _)| s.offset + s.len > first).collect();
+        for (_, s, from) in &affected {
+            // Sources are read from the map before anything is punched; moves go
+            // to lower offsets of the same region, so no source is overwritten.
+            let skip = first.saturating_sub(s.offset);
+            let dst = (s.offset + skip - first) as usize;
+            let src = (from + skip) as usize..(from + s.len) as usize;
+            bytes[dst..dst + src.len()].copy_from_slice(&self.map[src]);
+        }
+        for (k, _, _) in &affected {
+            self.journal(st, &Record::del(k))?;
+        }
+        let rewritten = punch_hole(&self.store, first, end - first)
+            .map_err(|e| EdgeError::io(format!("punching {}", self.dir.join(STORE_FILE).display()), e))
+            .and_then(|()| self.write_at(&bytes, first));
+        if let Err(e) = rewritten {
+            // Their bytes may be gone from the file: never serve them.
+            for (k, _, _) in &affected {
+                Self::forget(st, k);
+            }
+            return Err(e);
+        }
+        for (k, s, _) in &affected {
+            let (crc, etag, until) = st.meta.get(k).map(|x| (x.crc, x.etag.clone(), x.pin_until)).unwrap_or_default();
+            self.journal(st, &Record::add(k, s, crc, &etag, s.pinned).with_pin_until(until))?;
+        }
+        Ok(())
+    }
+
     fn forget(st: &mut DiskState, key: &ObjectKey) {
         st.index.remove(key);
         st.meta.remove(key);
@@ -462,6 +573,86 @@ impl DiskTier {
     }
 }
 
+/// Page size assumed for hole punching; regions must be whole multiples of it.
+const PAGE_BYTES: u64 = 4096;
+
+/// The regions an insert placed at `offset` reclaimed, given where the
+/// previous placement ended (`None`: unknown, right after a start). An
+/// object appended right behind the previous one, inside a region, reclaimed
+/// nothing; one at a region's start, or anywhere else, came after the log
+/// reclaimed every region from the one after the previous head up to its
+/// own (`evicted_or_moved` also says so). Over-reporting is safe (a
+/// rewrite keeps every object in place).
+fn reclaimed_regions(
+    head_end: Option<u64>,
+    offset: u64,
+    evicted_or_moved: bool,
+    region_bytes: u64,
+    regions: u64,
+) -> Vec<u64> {
+    let target = offset / region_bytes;
+    let Some(head_end) = head_end else { return vec![target] };
+    if offset == head_end && !offset.is_multiple_of(region_bytes) && !evicted_or_moved {
+        return Vec::new();
+    }
+    let regions = regions.max(1);
+    let mut r = (head_end.saturating_sub(1) / region_bytes + 1) % regions;
+    let mut out = vec![r];
+    while r != target && out.len() < regions as usize {
+        r = (r + 1) % regions;
+        out.push(r);
+    }
+    out
+}
+
+/// Deallocates `[offset, offset + len)` of `file`: its pages leave the page
+/// cache (any a socket still holds live on, unchanged), the range reads as zeros.
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "range out of bounds"));
+    };
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on an open descriptor with checked bounds.
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl StoreMap {
+    /// Wraps `map` (of `store`), registered for zero-copy sends when the
+    /// store's filesystem can punch holes and regions are whole pages.
+    fn new(map: Mmap, store: &File, dir: &Path, region_bytes: u64) -> std::io::Result<Self> {
+        let file = store.try_clone()?;
+        let supported = region_bytes.is_multiple_of(PAGE_BYTES) && punch_supported(dir);
+        if !supported {
+            tracing::info!(dir = %dir.display(), region_bytes, "disk tier: no hole punching here; hits are copied, not sent with sendfile");
+        }
+        // SAFETY: `map` is a read-only shared mapping of `file` from offset 0;
+        // the fields' drop order removes the registration before the map and
+        // the descriptor go; and bytes that were handed out are never written
+        // over in place (reclaims punch, see the module doc).
+        let registration =
+            supported.then(|| unsafe { svc::zerocopy::register(map.as_ptr(), map.len(), file.as_raw_fd(), 0) });
+        Ok(Self { registration, map, _file: file })
+    }
+}
+
+/// Whether the filesystem under `dir` punches holes (ext4, xfs, btrfs, tmpfs do).
+fn punch_supported(dir: &Path) -> bool {
+    let probe = dir.join(".punch-probe");
+    let result = (|| -> std::io::Result<()> {
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&probe)?;
+        f.write_all_at(&[1u8; 2 * PAGE_BYTES as usize], 0)?;
+        punch_hole(&f, 0, PAGE_BYTES)
+    })();
+    let _ = std::fs::remove_file(&probe);
+    result.is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +667,94 @@ mod tests {
 
     fn cfg(dir: &Path) -> DiskConfig {
         DiskConfig { region_bytes: Some(4096), ..DiskConfig::new(dir, 16384) }
+    }
+
+    /// Sends `len` bytes of `fd` from `offset` with `sendfile` into a loopback
+    /// connection whose reader does not read yet; returns the reader (and the
+    /// sender, to keep open) and how many bytes the kernel took.
+    fn send_unread(
+        fd: std::os::fd::RawFd,
+        offset: u64,
+        len: usize,
+    ) -> (std::net::TcpStream, std::net::TcpStream, usize) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (reader, _) = listener.accept().unwrap();
+        sender.set_nonblocking(true).unwrap();
+        let mut off = offset as libc::off_t;
+        let mut sent = 0;
+        while sent < len {
+            let n = unsafe { libc::sendfile(sender.as_raw_fd(), fd, &mut off, len - sent) };
+            if n <= 0 {
+                break;
+            }
+            sent += n as usize;
+        }
+        (reader, sender, sent)
+    }
+
+    fn read_n(mut reader: std::net::TcpStream, n: usize) -> Vec<u8> {
+        use std::io::Read;
+        reader.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut got = vec![0u8; n];
+        reader.read_exact(&mut got).unwrap();
+        got
+    }
+
+    /// `sendfile` leaves page-cache pages in the socket queues (on loopback,
+    /// in the reader's receive queue too) after the call, and the slice's
+    /// lease, are gone. The control shows that writing over such a range in
+    /// place changes what the reader then gets; the tier, which reclaims
+    /// regions by punching them, must deliver the original bytes.
+    #[test]
+    fn bytes_sent_with_sendfile_survive_the_reclaim_of_their_region() {
+        let len = 60_000;
+        let dir = tempfile::tempdir().unwrap();
+        // Control: a plain file rewritten in place.
+        let plain = dir.path().join("plain.bin");
+        std::fs::write(&plain, body(0, len)).unwrap();
+        let file = OpenOptions::new().read(true).write(true).open(&plain).unwrap();
+        let (reader, _sender, sent) = send_unread(file.as_raw_fd(), 0, len);
+        assert!(sent >= 16 * 1024, "the kernel took only {sent} bytes");
+        file.write_all_at(&body(4, len), 0).unwrap();
+        assert_ne!(read_n(reader, sent), &body(0, len)[..sent], "in-place writes no longer reach queued pages here");
+
+        let cfg = DiskConfig {
+            region_bytes: Some(65536),
+            policy: DiskPolicy::Fifo,
+            ..DiskConfig::new(dir.path().join("tier"), 4 * 65536)
+        };
+        let disk = DiskTier::open(&cfg).unwrap();
+        assert!(disk.map.zero_copy(), "ext4/tmpfs punch holes: the map should be registered");
+        disk.insert(&key(0), &body(0, len), "\"e\"", false).unwrap();
+        let held = disk.get(&key(0)).unwrap().body;
+        let span = svc::zerocopy::file_of(&held).expect("a disk hit is a view of the store file");
+        let (reader, _sender, sent) = send_unread(span.fd, span.offset, held.len());
+        assert!(sent >= 16 * 1024, "the kernel took only {sent} bytes");
+        drop(held); // the lease goes; the pages are still queued
+        for n in 1..=4 {
+            assert_eq!(disk.insert(&key(n), &body(n, len), "\"e\"", false).unwrap(), Stored::Yes);
+        }
+        assert!(disk.get(&key(0)).is_none(), "region 0 was not reclaimed");
+        let reused = disk.get(&key(4)).unwrap().body;
+        assert_eq!(svc::zerocopy::file_of(&reused).map(|s| s.offset), Some(0), "key 4 should reuse region 0");
+        assert_eq!(&reused[..], &body(4, len)[..]);
+        assert!(read_n(reader, sent) == body(0, len)[..sent], "a queued byte changed when its region was reused");
+    }
+
+    #[test]
+    fn reclaimed_regions_follow_the_head() {
+        // Appended right behind the last object: nothing reclaimed.
+        assert!(reclaimed_regions(Some(100), 100, false, 1000, 4).is_empty());
+        // Unknown head (after a start): the target region.
+        assert_eq!(reclaimed_regions(None, 2100, false, 1000, 4), vec![2]);
+        // Next region, at its start or after kept objects; two regions at once; a wrap.
+        assert_eq!(reclaimed_regions(Some(1000), 1000, false, 1000, 4), vec![1]);
+        assert_eq!(reclaimed_regions(Some(950), 1200, true, 1000, 4), vec![1]);
+        assert_eq!(reclaimed_regions(Some(950), 2300, true, 1000, 4), vec![1, 2]);
+        assert_eq!(reclaimed_regions(Some(3990), 10, true, 1000, 4), vec![0]);
+        // One region: every reclaim is of region 0, even when the offset matches.
+        assert_eq!(reclaimed_regions(Some(300), 300, true, 1000, 1), vec![0]);
     }
 
     #[test]

@@ -246,7 +246,7 @@ impl AsyncWrite for CappedStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.mark_started();
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        svc::zerocopy::poll_write_vectored(Pin::new(&mut this.stream), cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -256,7 +256,9 @@ impl AsyncWrite for CappedStream {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.mark_started();
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        // Body slices that are views of the disk tier's store file or of a RAM
+        // tier memfd go out with sendfile; the rest (heads, small bodies) with writev.
+        svc::zerocopy::poll_write_vectored(Pin::new(&mut this.stream), cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

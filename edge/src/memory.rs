@@ -6,8 +6,19 @@
 //! under its own lock and lets replay run without a runtime. Coalescing of
 //! concurrent misses lives in `fill`, not here, so a later disk tier can sit
 //! between this tier and the upstream.
+//!
+//! Bodies of at least `MEMFD_MIN_BYTES` are held in a sealed memfd mapped
+//! read-only (`memfd_body`) and registered with `svc::zerocopy`, so a hit
+//! is sent with `sendfile` from the memfd's pages instead of being copied
+//! into the socket. A memfd is never written again once sealed (a new
+//! version of an object is a new memfd), so pages a socket still holds
+//! keep their bytes whatever the cache does meanwhile. Smaller bodies, and
+//! any body when a memfd cannot be made, stay on the heap.
 
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +32,10 @@ pub trait TierValue: Clone + Send + Sync + 'static {
     /// How long the value may be served from the tier; `None` = until evicted.
     fn ttl(&self) -> Option<Duration> {
         None
+    }
+    /// The value as the tier keeps it (called on insert).
+    fn into_stored(self) -> Self {
+        self
     }
 }
 
@@ -41,6 +56,103 @@ impl TierValue for CachedObject {
     }
     fn ttl(&self) -> Option<Duration> {
         self.ttl
+    }
+    fn into_stored(self) -> Self {
+        if self.body.len() < MEMFD_MIN_BYTES || svc::zerocopy::file_of(&self.body).is_some() {
+            return self;
+        }
+        match memfd_body(&self.body) {
+            Ok(body) => CachedObject { body, ..self },
+            Err(e) => {
+                tracing::debug!(error = %e, "RAM tier: no memfd for a body; kept on the heap");
+                self
+            }
+        }
+    }
+}
+
+/// Bodies at least this long live in a memfd (sent with `sendfile`); smaller
+/// ones stay on the heap, where a `writev` copy costs less than the syscalls.
+pub const MEMFD_MIN_BYTES: usize = 64 * 1024;
+
+/// A copy of `data` in a sealed memfd mapped read-only, registered for
+/// zero-copy sends. Fails (and the caller keeps the heap copy) when the
+/// process is out of descriptors or mappings.
+pub fn memfd_body(data: &[u8]) -> io::Result<Bytes> {
+    static RAISE_NOFILE: Once = Once::new();
+    RAISE_NOFILE.call_once(raise_nofile_limit);
+    if data.is_empty() {
+        return Ok(Bytes::new());
+    }
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: a valid C string and flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"edge-object".as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(data)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on an open descriptor.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = data.len();
+    // SAFETY: a new read-only shared mapping of the whole (sealed) file.
+    let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the range is a read-only shared mapping of `file` from offset 0,
+    // the file is sealed against writes, and `MemfdBody` drops the
+    // registration before it unmaps the range and closes the file.
+    let registration = unsafe { svc::zerocopy::register(ptr as *const u8, len, file.as_raw_fd(), 0) };
+    Ok(Bytes::from_owner(MemfdBody { ptr, len, registration: Some(registration), _file: file }))
+}
+
+/// A sealed memfd's read-only mapping; unregistered, unmapped and closed on drop.
+struct MemfdBody {
+    ptr: *mut libc::c_void,
+    len: usize,
+    registration: Option<svc::zerocopy::Registration>,
+    _file: std::fs::File,
+}
+
+// SAFETY: the mapping is read-only and lives until drop; nothing else aliases it mutably.
+unsafe impl Send for MemfdBody {}
+// SAFETY: as above; shared access only reads.
+unsafe impl Sync for MemfdBody {}
+
+impl AsRef<[u8]> for MemfdBody {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` is mapped readable until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for MemfdBody {
+    fn drop(&mut self) {
+        // No lookup may find the range once it is unmapped.
+        drop(self.registration.take());
+        // SAFETY: the mapping was made with this address and length and is unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Each RAM tier object above `MEMFD_MIN_BYTES` holds a descriptor: raise the
+/// soft `RLIMIT_NOFILE` to the hard limit (once per process).
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain get/setrlimit on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::debug!(error = %io::Error::last_os_error(), "cannot raise RLIMIT_NOFILE");
+            }
+        }
     }
 }
 
@@ -92,7 +204,7 @@ where
     /// Offers `value` to the tier. The admission policy may still turn it away
     /// when the tier is full and the key is colder than what it would evict.
     pub fn insert(&self, key: K, value: V) {
-        self.cache.insert(key, value);
+        self.cache.insert(key, value.into_stored());
     }
 
     /// Drops `key` from the tier.
@@ -177,6 +289,33 @@ mod tests {
         tier.insert("s".into(), obj(5));
         assert!(tier.get(&"m".to_string()).is_none());
         assert!(tier.get(&"s".to_string()).is_some());
+    }
+
+    #[test]
+    fn large_bodies_move_to_a_registered_memfd_and_small_ones_stay_on_the_heap() {
+        let tier: MemoryTier<String, CachedObject> = MemoryTier::new(10 << 20);
+        let big: Vec<u8> = (0..MEMFD_MIN_BYTES * 3).map(|i| (i % 241) as u8).collect();
+        tier.insert("big".into(), CachedObject { body: Bytes::from(big.clone()), ..obj(0) });
+        tier.insert("small".into(), obj(MEMFD_MIN_BYTES - 1));
+        let got = tier.get(&"big".to_string()).unwrap();
+        assert_eq!(&got.body[..], &big[..]);
+        let span = svc::zerocopy::file_of(&got.body).expect("a large body is a view of a memfd");
+        assert_eq!(span.offset, 0);
+        let slice = got.body.slice(1000..5000);
+        assert_eq!(svc::zerocopy::file_of(&slice).map(|s| (s.fd, s.offset)), Some((span.fd, 1000)));
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", span.fd)).unwrap();
+        assert!(link.to_string_lossy().starts_with("/memfd:edge-object"), "{}", link.display());
+        // Sealed: nobody can change the bytes a socket may still reference.
+        let seals = unsafe { libc::fcntl(span.fd, libc::F_GET_SEALS) };
+        assert_eq!(seals & libc::F_SEAL_WRITE, libc::F_SEAL_WRITE);
+        assert!(svc::zerocopy::file_of(&tier.get(&"small".to_string()).unwrap().body).is_none());
+        // Gone from the tier and from every clone: unregistered, unmapped, closed.
+        let addr = got.body.as_ptr() as usize;
+        tier.remove(&"big".to_string());
+        tier.settle();
+        drop((got, slice));
+        // (Another test may map something new at the same address; not this memfd at offset 0.)
+        assert_ne!(svc::zerocopy::file_at(addr, 1), Some(span), "still registered after the last clone went");
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! logs to stderr (stdout is for results), and a future that resolves on
 //! SIGTERM or SIGINT for graceful shutdown (`sd_notify` tells a `Type=notify`
 //! systemd unit when the service is ready and when it stops); `serve::per_core` runs a
-//! server's accept loop on one single-threaded runtime per core.
+//! server's accept loop on one single-threaded runtime per core; `zerocopy` sends
+//! response bodies that are views of a file with `sendfile`.
 
 pub mod serve;
+pub mod zerocopy;
 
 /// Logs to stderr; `RUST_LOG` overrides `default_level`. Under systemd
 /// (`JOURNAL_STREAM` set: stderr goes to the journal) lines carry neither

@@ -120,22 +120,28 @@ pub fn run() -> Result<BenchResult> {
     warm(proxy.addr, "HIT")?;
     let edge_rss_warm = rss_kb(edge_ram.pid());
 
-    let mut targets: Vec<(String, SocketAddr, Option<u32>)> = vec![
-        ("edge_ram".into(), edge_ram.addr, Some(edge_ram.pid())),
-        ("edge_disk".into(), edge_disk.addr, Some(edge_disk.pid())),
+    // (name, address, pid whose RSS to sample, pid whose CPU time (with its children's) to count)
+    let mut targets: Vec<(String, SocketAddr, Option<u32>, u32)> = vec![
+        ("edge_ram".into(), edge_ram.addr, Some(edge_ram.pid()), edge_ram.pid()),
+        ("edge_disk".into(), edge_disk.addr, Some(edge_disk.pid()), edge_disk.pid()),
     ];
-    targets.extend(nginxes.iter().map(|(n, x)| (n.clone(), x.addr, None)));
-    targets.push(("nginx_proxy_cache".into(), proxy.addr, None));
+    targets.extend(nginxes.iter().map(|(n, x)| (n.clone(), x.addr, None, x.pid())));
+    targets.push(("nginx_proxy_cache".into(), proxy.addr, None, proxy.pid()));
     let rounds: u32 = std::env::var("EDGE_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     // Best round per target and connection count.
-    let mut best: std::collections::BTreeMap<String, (Wrk, Option<u64>)> = Default::default();
+    let mut best: std::collections::BTreeMap<String, (Wrk, Option<u64>, f64)> = Default::default();
     for &c in CONNECTIONS {
         for round in 0..rounds {
-            for (name, addr, pid) in &targets {
+            for (name, addr, pid, cpu_pid) in &targets {
+                let cpu_before = cpu_seconds(*cpu_pid);
                 let w = bench(*addr, c)?;
+                let cpu = cpu_seconds(*cpu_pid) - cpu_before;
+                // Server CPU time per response (wrk's own CPU not included).
+                let cpu_us = cpu * 1e6 / (w.requests_per_s * f64::from(seconds)).max(1.0);
                 let rss = pid.and_then(rss_kb);
                 eprintln!(
-                    "xtask: round {round} {name:<18} c={c:<3} {:>8.1} req/s {:>6.2} Gb/s p50 {:>8.2} ms p99 {:>8.2} ms{}{}",
+                    "xtask: round {round} {name:<18} c={c:<3} {:>8.1} req/s {:>6.2} Gb/s p50 {:>8.2} ms p99 {:>8.2} ms \
+                     CPU {cpu_us:>5.0} us/resp{}{}",
                     w.requests_per_s,
                     w.gbps(),
                     w.p50_ms,
@@ -144,8 +150,8 @@ pub fn run() -> Result<BenchResult> {
                     if w.errors > 0 { format!(" ERRORS {}", w.errors) } else { String::new() }
                 );
                 let key = format!("{name}_c{c}");
-                if best.get(&key).is_none_or(|(b, _)| w.gbps() > b.gbps()) {
-                    best.insert(key, (w, rss));
+                if best.get(&key).is_none_or(|(b, _, _)| w.gbps() > b.gbps()) {
+                    best.insert(key, (w, rss, cpu_us));
                 }
             }
         }
@@ -161,20 +167,21 @@ pub fn run() -> Result<BenchResult> {
     origin.stop();
 
     let mut runs = serde_json::Map::new();
-    for (k, (w, rss)) in &best {
+    for (k, (w, rss, cpu_us)) in &best {
         let mut v = w.to_json();
+        v["server_cpu_us_per_response"] = json!(cpu_us);
         if let Some(r) = rss {
             v["rss_kb"] = json!(r);
         }
         runs.insert(k.clone(), v);
     }
-    let at64 = |name: &str| best.get(&format!("{name}_c64")).map_or(0.0, |(w, _)| w.gbps());
+    let at64 = |name: &str| best.get(&format!("{name}_c64")).map_or(0.0, |(w, _, _)| w.gbps());
     let ours = at64("edge_ram");
     let (best_sendfile, baseline) = ["on", "off"]
         .iter()
         .map(|s| (*s, at64(&format!("nginx_sendfile_{s}"))))
         .fold(("on", 0.0), |best, x| if x.1 > best.1 { x } else { best });
-    let errors: u64 = best.values().map(|(w, _)| w.errors).sum();
+    let errors: u64 = best.values().map(|(w, _, _)| w.errors).sum();
     let details = json!({
         "object_bytes": OBJECT_BYTES,
         "objects": OBJECTS,
@@ -184,7 +191,9 @@ pub fn run() -> Result<BenchResult> {
         "cores": cores,
         "note": "best of the interleaved rounds per target; wrk and the server under test share the same cores \
                  on loopback (and whatever else runs on the machine); Gb/s is segment payload \
-                 (requests/s x 2 MiB x 8); latency from wrk --latency",
+                 (requests/s x 2 MiB x 8); latency from wrk --latency; RSS = resident anonymous and file \
+                 pages plus the memfds the edge holds (RAM-tier bodies); server_cpu_us_per_response = the \
+                 server's CPU time (nginx: master and workers) during the run / responses",
         "edge_ram_bytes": ram_bytes,
         "edge_ram_rss_kb_warm": edge_rss_warm,
         "edge_ram_rss_kb_after": edge_ram_rss,
@@ -299,12 +308,56 @@ pub(super) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// CPU time (user + system, seconds) of `pid` and its direct children
+/// (nginx's workers are children of its master).
+fn cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // Fields after the `(comm)`: state, ppid, ..., utime (11th), stime (12th).
+    let stat = |p: &str| -> Option<(u32, u64)> {
+        let text = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        let rest: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+        let ppid = rest.get(1)?.parse().ok()?;
+        Some((ppid, rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?))
+    };
+    let own = stat(&pid.to_string()).map_or(0, |(_, t)| t);
+    let children: u64 = std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| {
+                    e.file_name().to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(str::to_owned)
+                })
+                .filter_map(|p| stat(&p))
+                .filter(|(ppid, _)| *ppid == pid)
+                .map(|(_, t)| t)
+                .sum()
+        })
+        .unwrap_or(0);
+    (own + children) as f64 / ticks_per_s
+}
+
+/// Memory a process holds, in kB: resident anonymous and file pages, plus
+/// every memfd it holds open, whole (the edge keeps RAM-tier bodies in
+/// memfds and sends them with sendfile without ever touching their pages
+/// through its own mapping, so `VmRSS` alone would leave them out).
 fn rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    let memfd_bytes: u64 = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:")))
+                .filter_map(|e| std::fs::metadata(e.path()).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    Some(field("RssAnon:")? + field("RssFile:")? + memfd_bytes / 1024)
 }
 
 pub(super) fn nginx_version() -> String {
@@ -383,6 +436,11 @@ pub(super) struct Nginx {
 }
 
 impl Nginx {
+    /// The master process's id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(super) fn start(work: &Path, name: &str, server: impl Fn(u16) -> String) -> Result<Self> {
         let dir = work.join(format!("nginx-{name}"));
         std::fs::create_dir_all(dir.join("logs"))?;
