@@ -10,7 +10,7 @@
 //! includes the linear QoE of MPC/Pensieve (`report`). Traces: Sabre JSON,
 //! mahimahi and Pensieve logs (`load`); movies: the traces folder's format or
 //! one codec's ladder of one of our `catalog.json` files. `plot` draws CDFs
-//! per rule as SVG.
+//! per rule as SVG or PNG.
 
 pub mod abr;
 pub mod bench;

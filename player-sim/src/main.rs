@@ -57,7 +57,7 @@ enum Command {
         json: bool,
     },
     /// Run several rules over the same traces: a table (or JSON) of their means,
-    /// and with --svg, CDFs of bitrate, rebuffer ratio and QoE per rule.
+    /// and with --svg or --png, CDFs of bitrate, rebuffer ratio and QoE per rule.
     Compare {
         /// A trace file or a directory of traces.
         #[arg(long)]
@@ -74,6 +74,9 @@ enum Command {
         /// Write cdf-bitrate.svg, cdf-rebuffer.svg and cdf-qoe.svg into this directory.
         #[arg(long)]
         svg: Option<PathBuf>,
+        /// Write the same plots as cdf-bitrate.png, cdf-rebuffer.png and cdf-qoe.png into this directory.
+        #[arg(long)]
+        png: Option<PathBuf>,
         /// Print JSON (one report per rule) instead of a table.
         #[arg(long)]
         json: bool,
@@ -215,28 +218,36 @@ fn run(command: Command) -> Result<()> {
                 emit(&report.to_table())?;
             }
         }
-        Command::Compare { network, movie, codec, abrs, svg, json } => {
+        Command::Compare { network, movie, codec, abrs, svg, png, json } => {
+            if svg.is_some() || png.is_some() {
+                // Before the simulations, not after them.
+                player_sim::plot::load_font().map_err(anyhow::Error::msg)?;
+            }
             let movie = load_movie_for_codec(&movie, codec).context("loading the movie")?;
             let traces = load_traces(&network).context("loading network traces")?;
             let kinds = if abrs.is_empty() { AbrKind::ALL.to_vec() } else { abrs };
             let reports: Vec<_> =
                 kinds.iter().map(|&k| player_sim::simulate_all(&traces, &movie, &SimConfig::new(k))).collect();
-            if let Some(dir) = svg {
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let outputs = [(svg, "svg"), (png, "png")];
+            for (dir, ext) in outputs.iter().filter_map(|(d, ext)| d.as_ref().map(|d| (d, *ext))) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 type Metric = fn(&player_sim::report::SessionQoe) -> f64;
                 let plots: [(&str, &str, &str, Metric); 3] = [
-                    ("cdf-bitrate.svg", "Average bitrate per session", "kbps", |q| q.avg_bitrate_kbps),
-                    ("cdf-rebuffer.svg", "Rebuffer ratio per session", "stall / session time", |q| q.rebuffer_ratio),
-                    ("cdf-qoe.svg", "Linear QoE per session", "QoE (Mbit/s − 4.3·stall s − switches)", |q| q.qoe),
+                    ("cdf-bitrate", "Average bitrate per session", "kbps", |q| q.avg_bitrate_kbps),
+                    ("cdf-rebuffer", "Rebuffer ratio per session", "stall / session time", |q| q.rebuffer_ratio),
+                    ("cdf-qoe", "Linear QoE per session", "QoE (Mbit/s − 4.3·stall s − switches)", |q| q.qoe),
                 ];
                 for (file, title, label, metric) in plots {
                     let series: Vec<(String, Vec<f64>)> = reports
                         .iter()
                         .map(|r| (r.abr.to_string(), r.per_session.iter().map(|s| metric(&s.qoe)).collect()))
                         .collect();
-                    let path = dir.join(file);
-                    let svg = player_sim::plot::cdf_svg(title, label, &series)?;
-                    std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+                    let path = dir.join(format!("{file}.{ext}"));
+                    let bytes = match ext {
+                        "svg" => player_sim::plot::cdf_svg(title, label, &series)?.into_bytes(),
+                        _ => player_sim::plot::cdf_png(title, label, &series)?,
+                    };
+                    std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
                 }
             }
             if json {

@@ -262,6 +262,8 @@ fn cli_compare_writes_cdf_plots_and_a_row_per_rule() {
         "optimal",
         "--svg",
         svg.to_str().unwrap(),
+        "--png",
+        svg.to_str().unwrap(),
     ]);
     assert!(ok, "{stderr}");
     assert_eq!(table.lines().count(), 4, "{table}");
@@ -278,6 +280,39 @@ fn cli_compare_writes_cdf_plots_and_a_row_per_rule() {
             assert!(text.lines().any(|l| l.trim() == rule), "{f}: no legend entry for {rule}");
         }
     }
+    for f in ["cdf-bitrate.png", "cdf-rebuffer.png", "cdf-qoe.png"] {
+        let bytes = std::fs::read(svg.join(f)).unwrap();
+        let mut reader = png::Decoder::new(bytes.as_slice()).read_info().unwrap_or_else(|e| panic!("{f}: {e}"));
+        let mut rgb = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut rgb).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert_eq!((info.width, info.height), player_sim::plot::SIZE, "{f}");
+        rgb.truncate(info.buffer_size());
+        // Three rules: at least three colours besides white, grey and black.
+        let mut colours: Vec<&[u8]> =
+            rgb.chunks_exact(3).filter(|p| !(p[0] == p[1] && p[1] == p[2])).collect::<Vec<_>>();
+        colours.sort();
+        colours.dedup();
+        assert!(colours.len() >= 3, "{f}: {} colours", colours.len());
+    }
+}
+
+#[test]
+fn cli_compare_names_the_missing_font_before_simulating() {
+    let dir = tempfile::tempdir().unwrap();
+    let movie = write(dir.path(), "movie.json", &serde_json::to_string(&movie()).unwrap());
+    let trace = write(dir.path(), "net.json", r#"[{"duration_ms": 1000, "bandwidth_kbps": 1000, "latency_ms": 50}]"#);
+    let plots = dir.path().join("plots");
+    let missing = dir.path().join("no-such-font.ttf");
+    let out = Command::new(env!("CARGO_BIN_EXE_player-sim"))
+        .args(["compare", "--network", &trace, "--movie", &movie, "--png", plots.to_str().unwrap()])
+        .env("PLAYER_SIM_FONT", &missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "no table without the plots");
+    assert!(stderr.contains("no-such-font.ttf") && stderr.contains("fonts-dejavu-core"), "{stderr}");
+    assert!(!plots.join("cdf-bitrate.png").exists());
 }
 
 #[test]

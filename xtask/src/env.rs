@@ -33,6 +33,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",
     // The edge's BGP test peers with a real routing daemon.
     "bird2",
+    // player-sim draws plot text (SVG layout, PNG glyphs) with DejaVu Sans.
+    "fonts-dejavu-core",
 ];
 
 /// PyPI packages tests start as real servers (installed with pip if missing).
