@@ -388,6 +388,9 @@ fn encode(
     let store: Box<dyn PublishTarget> = match &location {
         StoreLocation::Local(dir) => Box::new(LocalStore::new(dir)),
         StoreLocation::S3 { .. } => {
+            // Multipart uploads a killed publisher left behind (logged, never fatal).
+            runtime()?
+                .block_on(origin::store::s3::collect_stale_uploads(&location, origin::store::s3::PUBLISHER_GC_AGE));
             Box::new(BlockingStore::open(&location).with_context(|| format!("opening store {location}"))?)
         }
     };
