@@ -151,6 +151,77 @@ pub fn poll_write_vectored(
     }
 }
 
+/// A TCP stream whose writes go through [`poll_write_vectored`]: slices of
+/// registered mappings leave with `sendfile`, the rest with `sendmsg`.
+/// Reads, flush and shutdown are the stream's own. With sendfile off
+/// (like nginx's `sendfile off`) every write is the stream's own `writev`.
+#[derive(Debug)]
+pub struct SendfileStream {
+    stream: TcpStream,
+    sendfile: bool,
+}
+
+impl SendfileStream {
+    /// Wraps `stream`, sendfile on.
+    pub fn new(stream: TcpStream) -> Self {
+        Self::with_sendfile(stream, true)
+    }
+
+    /// Wraps `stream`; `sendfile` false writes everything with `writev`.
+    pub fn with_sendfile(stream: TcpStream, sendfile: bool) -> Self {
+        Self { stream, sendfile }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Unwraps the stream.
+    pub fn into_inner(self) -> TcpStream {
+        self.stream
+    }
+}
+
+impl tokio::io::AsyncRead for SendfileStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendfileStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.sendfile {
+            poll_write_vectored(Pin::new(&mut this.stream), cx, bufs)
+        } else {
+            Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        // hyper then hands over head and body slices as they are, so a body
+        // that is a view of a mapping reaches `sendfile` uncopied.
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 /// One pass over `bufs`: runs of plain slices with `sendmsg`, file-backed
 /// slices with `sendfile`. Stops at the first short write or error.
 fn send_mixed(sock: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {

@@ -8,8 +8,26 @@
 //! A map is found by the identity of the open file (device, inode, size,
 //! modification time): a republished object is a new file, so it never
 //! matches the old map, and a live map keeps its inode from being reused.
+//!
+//! Each kept map is registered with `svc::zerocopy` (with a descriptor of
+//! its file, held as long as the map), so the server's connections send
+//! slices of it with `sendfile`: the socket then holds the file's page-cache
+//! pages, not a copy, until the peer has read them. That is safe because
+//! the store publishes by rename: a published file's bytes never change, a
+//! republish is a new inode, and the old inode's pages live on while a
+//! socket or a map holds them. The one hazard is a file rewritten in place
+//! under the store's root by something other than the store: bytes already
+//! queued on a socket (in the peer's receive queue too, on loopback) would
+//! then change under it, and a client could get a body mixing two versions
+//! under one ETag. nginx with `sendfile on` has the same hazard; the
+//! store's publisher never writes in place. Copying with `writev` instead
+//! (`[limits] sendfile = false`) narrows the window to bytes not yet
+//! written: they come from this map either way. A file cut short in place
+//! while it is being sent makes `sendfile` come up short, which ends that
+//! connection with an error.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
@@ -42,12 +60,42 @@ impl FileId {
     }
 }
 
+/// A whole-file map, registered for `sendfile` with its own descriptor of
+/// the file. Fields drop in order: the registration goes before the map is
+/// unmapped and the descriptor closed.
+struct FileMap {
+    _sendfile: svc::zerocopy::Registration,
+    map: memmap2::Mmap,
+    _file: std::fs::File,
+}
+
+impl FileMap {
+    /// Maps `file` whole, read-only, and registers the map.
+    ///
+    /// # Safety
+    ///
+    /// The file's bytes must never change in place while the map or any
+    /// socket may hold its pages (the store only renames whole files over
+    /// objects; see the module doc).
+    unsafe fn new(file: &std::fs::File, len: u64) -> std::io::Result<Self> {
+        let len = usize::try_from(len)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "object too big to map"))?;
+        let file = file.try_clone()?;
+        // SAFETY: read-only; the caller promises the bytes never change in place.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).populate().map(&file)? };
+        // SAFETY: `map` is a shared read-only map of `file` from offset 0, and
+        // both outlive the registration (dropped first, see the field order).
+        let reg = unsafe { svc::zerocopy::register(map.as_ptr(), map.len(), file.as_raw_fd(), 0) };
+        Ok(Self { _sendfile: reg, map, _file: file })
+    }
+}
+
 /// A whole-file map shared by the responses that slice it.
-struct SharedMap(Arc<memmap2::Mmap>);
+struct SharedMap(Arc<FileMap>);
 
 impl AsRef<[u8]> for SharedMap {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.0.map
     }
 }
 
@@ -59,7 +107,7 @@ pub(crate) struct MapCache {
 
 #[derive(Default)]
 struct Kept {
-    maps: HashMap<FileId, Arc<memmap2::Mmap>>,
+    maps: HashMap<FileId, Arc<FileMap>>,
     bytes: u64,
 }
 
@@ -75,10 +123,10 @@ impl MapCache {
     pub(crate) fn map(&self, file: &std::fs::File, id: FileId) -> std::io::Result<Bytes> {
         // SAFETY: the map is read-only and the store never changes a file in
         // place (writes go to a temporary file renamed over the object), so
-        // its bytes stay as they are while mapped; the length check below
-        // refuses a file that was cut short behind the store's back rather
-        // than fault on the pages past its end.
-        let map = unsafe { memmap2::MmapOptions::new().len(id.len as usize).populate().map(file)? };
+        // its bytes stay as they are while mapped or queued on a socket by
+        // sendfile; the length check below refuses a file that was cut short
+        // behind the store's back rather than fault on the pages past its end.
+        let map = unsafe { FileMap::new(file, id.len)? };
         let now = file.metadata()?;
         if FileId::of(&now) != id {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "object file changed while open"));
@@ -102,5 +150,41 @@ impl MapCache {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).maps.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_kept_map_is_registered_for_sendfile_until_its_last_user_drops_it() {
+        let mut file = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 249) as u8).collect();
+        file.write_all(&data).unwrap();
+        let id = FileId::of(&file.metadata().unwrap());
+        let cache = MapCache::default();
+        let whole = cache.map(&file, id).unwrap();
+        assert!(whole == data);
+        let span = svc::zerocopy::file_of(&whole[1000..]).expect("the kept map is not registered");
+        assert_eq!(span.offset, 1000);
+        assert_ne!(span.fd, file.as_raw_fd(), "the registration must hold its own descriptor");
+        // The map's own descriptor survives the caller closing theirs.
+        drop(file);
+        // SAFETY: `span.fd` is open while `whole` holds the map.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(span.fd) };
+        let dup = std::fs::File::from(fd.try_clone_to_owned().unwrap());
+        let mut back = vec![0u8; 10];
+        std::os::unix::fs::FileExt::read_exact_at(&dup, &mut back, 1000).unwrap();
+        assert_eq!(back, data[1000..1010]);
+        // Evicted but still in use: still registered; once the last slice goes, no more.
+        let part = whole.slice(5000..);
+        drop(whole);
+        drop(cache);
+        assert!(svc::zerocopy::file_of(&part).is_some(), "a slice in use lost its registration");
+        let addr = (part.as_ptr() as usize, part.len());
+        drop(part);
+        assert_eq!(svc::zerocopy::file_at(addr.0, addr.1), None, "the registration outlived the map");
     }
 }
