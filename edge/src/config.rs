@@ -41,6 +41,10 @@ pub struct EdgeConfig {
     pub name: String,
     /// Capacity of the RAM tier in bytes.
     pub ram_bytes: u64,
+    /// A tmpfs directory (ideally mounted `huge=within_size` or `huge=always`) for RAM-tier bodies of
+    /// 64 KiB and more, as unlinked files; unset = memfds. Anything but a tmpfs is refused at start.
+    #[serde(default)]
+    pub ram_dir: Option<PathBuf>,
     /// Directory of the disk tier (store file and index journal); with `disk_bytes`.
     #[serde(default)]
     pub disk_path: Option<PathBuf>,
@@ -182,6 +186,7 @@ impl EdgeConfig {
             breaker_cooldown_ms: default_breaker_cooldown_ms(),
             name: default_name(),
             ram_bytes,
+            ram_dir: None,
             disk_path: None,
             disk_bytes: None,
             disk_policy: DiskPolicyName::default(),
@@ -313,6 +318,9 @@ impl EdgeConfig {
         if self.name.is_empty() {
             return Err(EdgeError::Config("name must not be empty".into()));
         }
+        if self.ram_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(EdgeError::Config("ram_dir must not be empty (leave it unset for memfds)".into()));
+        }
         self.validate_keys()?;
         crate::bgp::parse_static(&self.static_prefixes)?;
         if let Some(bgp) = &self.bgp {
@@ -396,6 +404,9 @@ pub struct ServeArgs {
     /// RAM tier capacity in bytes.
     #[arg(long)]
     pub ram_bytes: Option<u64>,
+    /// tmpfs directory for large RAM-tier bodies (unlinked files; huge pages if the mount has huge=).
+    #[arg(long)]
+    pub ram_dir: Option<PathBuf>,
     /// Disk tier directory (store file and index journal).
     #[arg(long)]
     pub disk_path: Option<PathBuf>,
@@ -501,6 +512,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.ram_bytes {
             set("ram_bytes", int(v).map_err(|_| EdgeError::Config("--ram-bytes is too large".into()))?);
+        }
+        if let Some(v) = &self.ram_dir {
+            set("ram_dir", path(v));
         }
         if let Some(v) = &self.disk_path {
             set("disk_path", path(v));

@@ -4,8 +4,8 @@
 //! path (exists, writable, free space for the disk tier, write speed with
 //! fsync), the listen port, each upstream and steering (HTTP GET `/health`),
 //! the clock against their `Date` headers (signed requests allow +-60 s), the
-//! BGP port or router when `[bgp]` is set, and the RAM tier against the machine's (or the cgroup's) memory. Every check
-//! is bounded in time. The verdicts are pure functions, tested directly.
+//! BGP port or router when `[bgp]` is set, the RAM tier against the machine's (or the cgroup's) memory, and
+//! `ram_dir` (a writable tmpfs, with huge pages). Every check is bounded in time. The verdicts are pure functions, tested directly.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -37,7 +37,7 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckResult {
     /// Short name: `config`, `service-user`, `cache-path`, `disk-space`, `write-speed`, `listen`, `bgp`,
-    /// `upstream`, `steering`, `clock`, `memory`.
+    /// `upstream`, `steering`, `clock`, `memory`, `ram_dir`.
     pub name: &'static str,
     pub verdict: Verdict,
     pub detail: String,
@@ -106,6 +106,7 @@ pub async fn run_checks(args: &DoctorArgs) -> Vec<CheckResult> {
     }
     out.extend(remote);
     out.push(memory_check(cfg.ram_bytes));
+    out.push(ram_dir_check(cfg.ram_dir.as_deref(), cfg.ram_bytes));
     out
 }
 
@@ -553,6 +554,64 @@ pub fn ram_verdict(ram_bytes: u64, limit: u64, available: u64) -> Verdict {
     }
 }
 
+// ---- ram_dir --------------------------------------------------------------------
+
+fn ram_dir_check(dir: Option<&Path>, ram_bytes: u64) -> CheckResult {
+    let Some(dir) = dir else {
+        return CheckResult::new("ram_dir", Verdict::Pass, "not set: large RAM-tier bodies in memfds");
+    };
+    let shown = dir.display();
+    if !dir.exists() {
+        // The packaged unit mounts its own tmpfs there (TemporaryFileSystem=), seen only inside the service.
+        return CheckResult::new(
+            "ram_dir",
+            Verdict::Warn,
+            format!(
+                "{shown} does not exist here: fine if the service's unit mounts a tmpfs there \
+                 (TemporaryFileSystem=), else `edge serve` refuses to start"
+            ),
+        );
+    }
+    if let Err(e) = crate::ram_dir::check_tmpfs(dir) {
+        return CheckResult::new("ram_dir", Verdict::Fail, e);
+    }
+    if let Err(e) = probe_write(dir) {
+        return CheckResult::new("ram_dir", Verdict::Fail, format!("{shown} is not writable: {e}"));
+    }
+    let huge = crate::ram_dir::HugePages::of(dir);
+    let size = fs_size(dir).ok();
+    let verdict = ram_dir_verdict(&huge, size, ram_bytes);
+    let size_note = match size {
+        Some(s) if s < ram_bytes => format!("; its size {} is below the RAM tier's {}", human(s), human(ram_bytes)),
+        Some(s) => format!(", size {}", human(s)),
+        None => String::new(),
+    };
+    let advice = if huge.enabled() { "" } else { " (remount with huge=within_size for faster sends)" };
+    CheckResult::new("ram_dir", verdict, format!("{shown} is a tmpfs, {}{size_note}{advice}", huge.describe()))
+}
+
+/// A writable tmpfs: pass with huge pages, warn without them or when it is
+/// smaller than the RAM tier (bodies beyond its size go to memfds).
+pub fn ram_dir_verdict(huge: &crate::ram_dir::HugePages, size: Option<u64>, ram_bytes: u64) -> Verdict {
+    if huge.enabled() && size.is_none_or(|s| s >= ram_bytes) {
+        Verdict::Pass
+    } else {
+        Verdict::Warn
+    }
+}
+
+/// The total size of the file system holding `dir`.
+fn fs_size(dir: &Path) -> std::io::Result<u64> {
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: statvfs into a zeroed struct we own, with a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_blocks as u64 * st.f_frsize as u64)
+}
+
 /// `1.5 GiB`.
 fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -634,5 +693,19 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         assert!(free_bytes(dir.path()).unwrap() > 0);
         assert!(free_bytes(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn ram_dir_passes_only_with_huge_pages_and_room_for_the_tier() {
+        use crate::ram_dir::HugePages;
+        let huge = HugePages::Mount("within_size".into());
+        assert_eq!(ram_dir_verdict(&huge, Some(2 << 30), 1 << 30), Verdict::Pass);
+        assert_eq!(ram_dir_verdict(&huge, None, 1 << 30), Verdict::Pass);
+        assert_eq!(ram_dir_verdict(&huge, Some(1 << 29), 1 << 30), Verdict::Warn);
+        assert_eq!(ram_dir_verdict(&HugePages::Mount("never".into()), Some(2 << 30), 1 << 30), Verdict::Warn);
+        assert_eq!(ram_dir_verdict(&HugePages::Denied, Some(2 << 30), 1 << 30), Verdict::Warn);
+        assert_eq!(ram_dir_check(None, 1).verdict, Verdict::Pass);
+        let c = ram_dir_check(Some(Path::new(env!("CARGO_MANIFEST_DIR"))), 1);
+        assert!(c.verdict == Verdict::Fail && c.detail.contains("is not a tmpfs"), "{}", c.line());
     }
 }

@@ -129,6 +129,10 @@ fn render(c: &Choices, r: &EnrollResponse, now_unix_s: u64) -> String {
     );
     line("RAM tier capacity, bytes.", format!("ram_bytes = {}", c.ram_bytes));
     line(
+        "tmpfs directory for RAM-tier bodies >= 64 KiB (mount it huge=within_size); unset = memfds.",
+        "# ram_dir = \"/run/vod-edge/ram\"".to_owned(),
+    );
+    line(
         "Disk tier directory (store file and index journal).",
         format!("disk_path = {}", toml_str(&c.disk_path.display().to_string())),
     );

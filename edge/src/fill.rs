@@ -26,7 +26,7 @@ use vod::ObjectKey;
 use crate::disk::{DiskTier, Stored};
 use crate::error::{EdgeError, Fault};
 use crate::fill_stream::GrowingBody;
-use crate::memory::{memfd_body, CachedObject, MemoryTier, MEMFD_MIN_BYTES};
+use crate::memory::{CachedObject, MemoryTier, MEMFD_MIN_BYTES};
 use crate::metrics::EdgeMetrics;
 use crate::upstream::{derived_etag, DigestCheck};
 pub use crate::upstream::{Fetched, Opened, Upstream, UpstreamSet};
@@ -293,9 +293,10 @@ impl FillInner {
         let len = found.body.len() as u64;
         if len <= self.ram.capacity_bytes() {
             // A copy: the RAM tier must hold RAM, not a lease on a disk region.
-            // Large bodies go straight into their memfd (one copy, not two).
+            // Large bodies go straight into their memfd or `ram_dir` file
+            // (one copy, not two).
             let body = if found.body.len() >= MEMFD_MIN_BYTES {
-                memfd_body(&found.body).unwrap_or_else(|_| Bytes::copy_from_slice(&found.body))
+                self.ram.bodies().body(&found.body).unwrap_or_else(|_| Bytes::copy_from_slice(&found.body))
             } else {
                 Bytes::copy_from_slice(&found.body)
             };

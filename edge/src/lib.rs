@@ -29,6 +29,7 @@ pub mod prefill;
 pub mod prefill_rate;
 pub mod prefill_report;
 pub mod prefill_window;
+pub mod ram_dir;
 pub mod replay;
 pub mod request_log;
 pub mod server;

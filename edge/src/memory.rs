@@ -13,12 +13,15 @@
 //! into the socket. A memfd is never written again once sealed (a new
 //! version of an object is a new memfd), so pages a socket still holds
 //! keep their bytes whatever the cache does meanwhile. Smaller bodies, and
-//! any body when a memfd cannot be made, stay on the heap.
+//! any body when a memfd cannot be made, stay on the heap. With `ram_dir`
+//! set, large bodies go to unlinked files on that tmpfs instead (huge pages
+//! when it is mounted with them; see `ram_dir`), and to a memfd only when a
+//! file cannot be made there (`BodyStore`).
 
 use std::hash::{BuildHasherDefault, DefaultHasher, Hash};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,8 +36,8 @@ pub trait TierValue: Clone + Send + Sync + 'static {
     fn ttl(&self) -> Option<Duration> {
         None
     }
-    /// The value as the tier keeps it (called on insert).
-    fn into_stored(self) -> Self {
+    /// The value as the tier keeps it (called on insert), large bodies moved to `bodies`.
+    fn into_stored(self, _bodies: &BodyStore) -> Self {
         self
     }
 }
@@ -57,17 +60,52 @@ impl TierValue for CachedObject {
     fn ttl(&self) -> Option<Duration> {
         self.ttl
     }
-    fn into_stored(self) -> Self {
+    fn into_stored(self, bodies: &BodyStore) -> Self {
         if self.body.len() < MEMFD_MIN_BYTES || svc::zerocopy::file_of(&self.body).is_some() {
             return self;
         }
-        match memfd_body(&self.body) {
+        match bodies.body(&self.body) {
             Ok(body) => CachedObject { body, ..self },
             Err(e) => {
                 tracing::debug!(error = %e, "RAM tier: no memfd for a body; kept on the heap");
                 self
             }
         }
+    }
+}
+
+/// Where the RAM tier puts bodies of at least `MEMFD_MIN_BYTES`: files in
+/// `ram_dir` when one is set, else (and whenever that fails) memfds.
+#[derive(Debug, Clone, Default)]
+pub struct BodyStore {
+    ram_dir: Option<Arc<crate::ram_dir::RamDir>>,
+}
+
+impl BodyStore {
+    /// Bodies in memfds.
+    pub fn memfd() -> Self {
+        Self::default()
+    }
+
+    /// Bodies in files in `dir`, memfds when a file cannot be made there.
+    pub fn in_dir(dir: crate::ram_dir::RamDir) -> Self {
+        Self { ram_dir: Some(Arc::new(dir)) }
+    }
+
+    /// The `ram_dir`, if bodies go there.
+    pub fn ram_dir(&self) -> Option<&crate::ram_dir::RamDir> {
+        self.ram_dir.as_deref()
+    }
+
+    /// A registered read-only copy of `data`: in `ram_dir`, else in a memfd.
+    pub fn body(&self, data: &[u8]) -> io::Result<Bytes> {
+        if let Some(dir) = &self.ram_dir {
+            match dir.body(data) {
+                Ok(body) => return Ok(body),
+                Err(e) => dir.note_failure(&e),
+            }
+        }
+        memfd_body(data)
     }
 }
 
@@ -79,7 +117,6 @@ pub const MEMFD_MIN_BYTES: usize = 64 * 1024;
 /// zero-copy sends. Fails (and the caller keeps the heap copy) when the
 /// process is out of descriptors or mappings.
 pub fn memfd_body(data: &[u8]) -> io::Result<Bytes> {
-    static RAISE_NOFILE: Once = Once::new();
     RAISE_NOFILE.call_once(raise_nofile_limit);
     if data.is_empty() {
         return Ok(Bytes::new());
@@ -99,20 +136,28 @@ pub fn memfd_body(data: &[u8]) -> io::Result<Bytes> {
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    let len = data.len();
-    // SAFETY: a new read-only shared mapping of the whole (sealed) file.
+    mapped_body(file, data.len())
+}
+
+/// `len` bytes of `file` from offset 0, mapped read-only and registered for
+/// zero-copy sends. The caller promises that nothing writes to `file` again
+/// (a sealed memfd; an unlinked file only a read-only descriptor reaches).
+pub(crate) fn mapped_body(file: std::fs::File, len: usize) -> io::Result<Bytes> {
+    RAISE_NOFILE.call_once(raise_nofile_limit);
+    // SAFETY: a new read-only shared mapping of the whole (never again written) file.
     let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
     if ptr == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the range is a read-only shared mapping of `file` from offset 0,
-    // the file is sealed against writes, and `MemfdBody` drops the
-    // registration before it unmaps the range and closes the file.
+    // nothing writes the file again (the caller's promise), and `MemfdBody`
+    // drops the registration before it unmaps the range and closes the file.
     let registration = unsafe { svc::zerocopy::register(ptr as *const u8, len, file.as_raw_fd(), 0) };
     Ok(Bytes::from_owner(MemfdBody { ptr, len, registration: Some(registration), _file: file }))
 }
 
-/// A sealed memfd's read-only mapping; unregistered, unmapped and closed on drop.
+/// A never-again-written file's read-only mapping (a sealed memfd or a
+/// `ram_dir` file); unregistered, unmapped and closed on drop.
 struct MemfdBody {
     ptr: *mut libc::c_void,
     len: usize,
@@ -140,6 +185,8 @@ impl Drop for MemfdBody {
         unsafe { libc::munmap(self.ptr, self.len) };
     }
 }
+
+static RAISE_NOFILE: Once = Once::new();
 
 /// Each RAM tier object above `MEMFD_MIN_BYTES` holds a descriptor: raise the
 /// soft `RLIMIT_NOFILE` to the hard limit (once per process).
@@ -177,6 +224,7 @@ type FixedHasher = BuildHasherDefault<DefaultHasher>;
 pub struct MemoryTier<K, V> {
     cache: Cache<K, V, FixedHasher>,
     capacity_bytes: u64,
+    bodies: BodyStore,
 }
 
 impl<K, V> MemoryTier<K, V>
@@ -184,8 +232,13 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: TierValue,
 {
-    /// An empty tier holding at most `capacity_bytes` of values.
+    /// An empty tier holding at most `capacity_bytes` of values (large bodies in memfds).
     pub fn new(capacity_bytes: u64) -> Self {
+        Self::with_bodies(capacity_bytes, BodyStore::memfd())
+    }
+
+    /// An empty tier that keeps large bodies in `bodies`.
+    pub fn with_bodies(capacity_bytes: u64, bodies: BodyStore) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity_bytes)
             // moka weighs in u32; objects here are far below 4 GiB, and a larger
@@ -193,7 +246,12 @@ where
             .weigher(|_k: &K, v: &V| u32::try_from(v.weight_bytes()).unwrap_or(u32::MAX))
             .expire_after(ValueTtl)
             .build_with_hasher(FixedHasher::default());
-        Self { cache, capacity_bytes }
+        Self { cache, capacity_bytes, bodies }
+    }
+
+    /// Where this tier keeps large bodies.
+    pub fn bodies(&self) -> &BodyStore {
+        &self.bodies
     }
 
     /// The value under `key`, if held and fresh. Counts as an access for admission.
@@ -204,7 +262,7 @@ where
     /// Offers `value` to the tier. The admission policy may still turn it away
     /// when the tier is full and the key is colder than what it would evict.
     pub fn insert(&self, key: K, value: V) {
-        self.cache.insert(key, value.into_stored());
+        self.cache.insert(key, value.into_stored(&self.bodies));
     }
 
     /// Drops `key` from the tier.
@@ -316,6 +374,33 @@ mod tests {
         drop((got, slice));
         // (Another test may map something new at the same address; not this memfd at offset 0.)
         assert_ne!(svc::zerocopy::file_at(addr, 1), Some(span), "still registered after the last clone went");
+    }
+
+    #[test]
+    fn bodies_go_to_ram_dir_files_and_to_memfds_once_the_directory_is_gone() {
+        let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("no /dev/shm here; skipped");
+            return;
+        };
+        let ram_dir = crate::ram_dir::RamDir::open(dir.path()).unwrap();
+        let tier: MemoryTier<String, CachedObject> = MemoryTier::with_bodies(10 << 20, BodyStore::in_dir(ram_dir));
+        let big: Vec<u8> = (0..MEMFD_MIN_BYTES * 2).map(|i| (i % 239) as u8).collect();
+        let target = |v: &CachedObject| {
+            let span = svc::zerocopy::file_of(&v.body).expect("a large body is registered");
+            std::fs::read_link(format!("/proc/self/fd/{}", span.fd)).unwrap()
+        };
+        tier.insert("a".into(), CachedObject { body: Bytes::from(big.clone()), ..obj(0) });
+        let a = tier.get(&"a".to_string()).unwrap();
+        assert!(a.body[..] == big[..]);
+        assert!(target(&a).starts_with(dir.path()), "{}", target(&a).display());
+        let path = dir.path().to_owned();
+        dir.close().unwrap();
+        tier.insert("b".into(), CachedObject { body: Bytes::from(big.clone()), ..obj(0) });
+        let b = tier.get(&"b".to_string()).unwrap();
+        assert!(b.body[..] == big[..]);
+        assert!(target(&b).to_string_lossy().starts_with("/memfd:"), "{}", target(&b).display());
+        // The body made before the directory went is still whole.
+        assert!(a.body[..] == big[..] && !path.exists());
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl EdgeState {
             config.breaker_failures,
             std::time::Duration::from_millis(config.breaker_cooldown_ms),
         );
-        let ram = Arc::new(MemoryTier::new(config.ram_bytes));
+        let ram = Arc::new(MemoryTier::with_bodies(config.ram_bytes, body_store(config)?));
         let disk = match config.disk() {
             Some(cfg) => {
                 let disk = DiskTier::open(&cfg)?;
@@ -144,6 +144,25 @@ impl EdgeState {
             bgp: Default::default(),
         })
     }
+}
+
+/// Where the RAM tier keeps large bodies: `ram_dir` (checked to be a tmpfs) or memfds.
+fn body_store(config: &EdgeConfig) -> Result<crate::memory::BodyStore, EdgeError> {
+    let Some(dir) = &config.ram_dir else {
+        return Ok(crate::memory::BodyStore::memfd());
+    };
+    let ram_dir = crate::ram_dir::RamDir::open(dir)?;
+    let huge = ram_dir.huge_pages();
+    if huge.enabled() {
+        tracing::info!(dir = %dir.display(), huge_pages = %huge.describe(), "RAM-tier bodies in ram_dir, huge pages on");
+    } else {
+        tracing::warn!(
+            dir = %dir.display(),
+            huge_pages = %huge.describe(),
+            "RAM-tier bodies in ram_dir without huge pages (mount it with huge=within_size for faster sends)"
+        );
+    }
+    Ok(crate::memory::BodyStore::in_dir(ram_dir))
 }
 
 impl EdgeState {

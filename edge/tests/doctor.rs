@@ -238,3 +238,44 @@ async fn clock_skew_warns_past_a_second_and_fails_past_thirty() {
     assert!(o.starts_with("WARN") && (o.contains("+4.") || o.contains("+5.0")), "{lines:#?}");
     assert!(s.starts_with("FAIL") && s.contains("-4"), "{lines:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ram_dir_passes_on_a_huge_tmpfs_warns_without_huge_pages_and_fails_on_disk() {
+    let (origin, _store) = start_origin(&[]).await;
+    let steering = start_steering().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let check = |ram_dir: &Path| {
+        let config = write_config_with(
+            dir.path(),
+            dead_port(),
+            &origin.url(),
+            &steering.url(),
+            &cache,
+            &format!("ram_dir = \"{}\"\n", ram_dir.display()),
+        );
+        async move {
+            let (code, lines) = doctor(&config, None).await;
+            (code, line(&lines, "ram_dir").to_owned())
+        }
+    };
+    let huge = RamDirFixture::new("huge=within_size");
+    if huge.mounted {
+        let (code, l) = check(huge.path()).await;
+        assert!(code == 0 && l.starts_with("PASS") && l.contains("huge=within_size"), "{l}");
+    } else {
+        eprintln!("cannot mount a tmpfs here: no PASS case");
+    }
+    let plain = RamDirFixture::new("huge=never");
+    let (code, l) = check(plain.path()).await;
+    // /dev/shm (when mounting is impossible) follows the host, which may give huge pages.
+    if plain.mounted {
+        assert!(code == 0 && l.starts_with("WARN") && l.contains("huge=never"), "{l}");
+    }
+    let (code, l) = check(&cache).await;
+    assert!(code == 1 && l.starts_with("FAIL") && l.contains("is not a tmpfs"), "{l}");
+    // Missing: only the service's own mount namespace may have it.
+    let (_, l) = check(&dir.path().join("missing")).await;
+    assert!(l.starts_with("WARN") && l.contains("does not exist") && l.contains("TemporaryFileSystem="), "{l}");
+}

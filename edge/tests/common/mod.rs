@@ -317,3 +317,54 @@ impl Drop for EdgeProcess {
         self.kill();
     }
 }
+
+/// A directory for `ram_dir`: a tmpfs mounted with `huge` (`huge=always`,
+/// `huge=never`) on a temp dir when this runs as root and the mount works,
+/// else a temp dir in /dev/shm (a tmpfs with the host's settings). Unmounted on drop.
+pub struct RamDirFixture {
+    dir: tempfile::TempDir,
+    pub mounted: bool,
+}
+
+impl RamDirFixture {
+    pub fn new(huge: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("{huge},size=64m,mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Self { dir, mounted: true };
+        }
+        eprintln!("cannot mount a tmpfs here; using /dev/shm");
+        Self { dir: tempfile::tempdir_in("/dev/shm").expect("a temp dir in /dev/shm"), mounted: false }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Descriptors of this process open on unlinked files in the directory.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter(|t| t.starts_with(self.path()) && t.to_string_lossy().ends_with("(deleted)"))
+            .count()
+    }
+}
+
+impl Drop for RamDirFixture {
+    fn drop(&mut self) {
+        if self.mounted {
+            let c = std::ffi::CString::new(self.path().as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: umount2 with a valid C string; a lazy detach, so a body still open cannot block it.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                eprintln!("umount {}: {}", self.path().display(), std::io::Error::last_os_error());
+            }
+        }
+    }
+}

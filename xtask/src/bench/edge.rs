@@ -2,6 +2,10 @@
 //! disk-tier hits) and Debian's nginx (static files with sendfile on and
 //! off; `proxy_cache` in front of our origin), same 2 MB segments.
 //!
+//! The RAM-hit edge keeps its bodies in `ram_dir` on a tmpfs this benchmark
+//! mounts with `huge=always` (it runs as root here) and unmounts at the end;
+//! when the mount fails it says so and the edge uses memfds.
+//!
 //! Headline: ours = our edge's RAM-hit goodput (Gb/s of segment payload),
 //! baseline = nginx's best static goodput, at 64 connections. Everything
 //! (requests/s, Gb/s, p50/p99, RSS, 256 connections) goes into `details`.
@@ -70,19 +74,50 @@ pub fn run() -> Result<BenchResult> {
     )?;
     let origin_url = format!("http://{}", origin.addr);
     let ram_bytes: u64 = 256 << 20;
-    let edge_ram = Proc::spawn(
-        Command::new(bin.join("edge")).args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &origin_url,
-            "--ram-bytes",
-            &ram_bytes.to_string(),
-        ]),
-        "edge listening on ",
-    )?;
+    let ram_mount = HugeTmpfs::mount(&work.path.join("ram"), ram_bytes * 2);
+    let ram_store = match &ram_mount {
+        Ok(m) => format!("ram_dir on a tmpfs mounted huge=always ({})", m.path.display()),
+        Err(e) => {
+            eprintln!("xtask: cannot mount a huge-page tmpfs ({e:#}); the RAM-hit edge keeps its bodies in memfds");
+            format!("memfds (mounting a huge-page tmpfs failed: {e:#})")
+        }
+    };
+    let mut edge_ram_cmd = Command::new(bin.join("edge"));
+    edge_ram_cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &origin_url,
+        "--ram-bytes",
+        &ram_bytes.to_string(),
+    ]);
+    if let Ok(m) = &ram_mount {
+        edge_ram_cmd.arg("--ram-dir").arg(&m.path);
+    }
+    let ram_dir = ram_mount.as_ref().ok().map(|m| m.path.clone());
+    let edge_ram = Proc::spawn(&mut edge_ram_cmd, "edge listening on ")?;
     warm(edge_ram.addr, "HIT")?;
+    // Side by side: the same edge with its RAM-tier bodies in memfds (4 KiB shmem pages).
+    let edge_memfd = match &ram_mount {
+        Ok(_) => {
+            let e = Proc::spawn(
+                Command::new(bin.join("edge")).args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--upstream",
+                    &origin_url,
+                    "--ram-bytes",
+                    &ram_bytes.to_string(),
+                ]),
+                "edge listening on ",
+            )?;
+            warm(e.addr, "HIT")?;
+            Some(e)
+        }
+        Err(_) => None,
+    };
     // Objects only on the disk tier: its RAM tier is smaller than one object.
     let edge_disk = Proc::spawn(
         Command::new(bin.join("edge"))
@@ -118,13 +153,13 @@ pub fn run() -> Result<BenchResult> {
         )
     })?;
     warm(proxy.addr, "HIT")?;
-    let edge_rss_warm = rss_kb(edge_ram.pid());
+    let edge_rss_warm = rss_kb(edge_ram.pid(), ram_dir.as_deref());
 
     // (name, address, pid whose RSS to sample, pid whose CPU time (with its children's) to count)
-    let mut targets: Vec<(String, SocketAddr, Option<u32>, u32)> = vec![
-        ("edge_ram".into(), edge_ram.addr, Some(edge_ram.pid()), edge_ram.pid()),
-        ("edge_disk".into(), edge_disk.addr, Some(edge_disk.pid()), edge_disk.pid()),
-    ];
+    let mut targets: Vec<(String, SocketAddr, Option<u32>, u32)> =
+        vec![("edge_ram".into(), edge_ram.addr, Some(edge_ram.pid()), edge_ram.pid())];
+    targets.extend(edge_memfd.iter().map(|e| ("edge_ram_memfd".to_owned(), e.addr, Some(e.pid()), e.pid())));
+    targets.push(("edge_disk".into(), edge_disk.addr, Some(edge_disk.pid()), edge_disk.pid()));
     targets.extend(nginxes.iter().map(|(n, x)| (n.clone(), x.addr, None, x.pid())));
     targets.push(("nginx_proxy_cache".into(), proxy.addr, None, proxy.pid()));
     let rounds: u32 = std::env::var("EDGE_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
@@ -138,7 +173,7 @@ pub fn run() -> Result<BenchResult> {
                 let cpu = cpu_seconds(*cpu_pid) - cpu_before;
                 // Server CPU time per response (wrk's own CPU not included).
                 let cpu_us = cpu * 1e6 / (w.requests_per_s * f64::from(seconds)).max(1.0);
-                let rss = pid.and_then(rss_kb);
+                let rss = pid.and_then(|p| rss_kb(p, ram_dir.as_deref()));
                 eprintln!(
                     "xtask: round {round} {name:<18} c={c:<3} {:>8.1} req/s {:>6.2} Gb/s p50 {:>8.2} ms p99 {:>8.2} ms \
                      CPU {cpu_us:>5.0} us/resp{}{}",
@@ -156,7 +191,7 @@ pub fn run() -> Result<BenchResult> {
             }
         }
     }
-    let edge_ram_rss = rss_kb(edge_ram.pid());
+    let edge_ram_rss = rss_kb(edge_ram.pid(), ram_dir.as_deref());
     drop(targets);
     proxy.stop();
     for (_, n) in nginxes {
@@ -164,7 +199,11 @@ pub fn run() -> Result<BenchResult> {
     }
     edge_disk.stop();
     edge_ram.stop();
+    if let Some(e) = edge_memfd {
+        e.stop();
+    }
     origin.stop();
+    drop(ram_mount);
 
     let mut runs = serde_json::Map::new();
     for (k, (w, rss, cpu_us)) in &best {
@@ -192,9 +231,12 @@ pub fn run() -> Result<BenchResult> {
         "note": "best of the interleaved rounds per target; wrk and the server under test share the same cores \
                  on loopback (and whatever else runs on the machine); Gb/s is segment payload \
                  (requests/s x 2 MiB x 8); latency from wrk --latency; RSS = resident anonymous and file \
-                 pages plus the memfds the edge holds (RAM-tier bodies); server_cpu_us_per_response = the \
+                 pages plus the memfds and ram_dir files the edge holds (RAM-tier bodies); \
+                 server_cpu_us_per_response = the \
                  server's CPU time (nginx: master and workers) during the run / responses",
         "edge_ram_bytes": ram_bytes,
+        "edge_ram_bodies": ram_store,
+        "ram_dir_vs_memfd_ratio": if at64("edge_ram_memfd") > 0.0 { ours / at64("edge_ram_memfd") } else { 0.0 },
         "edge_ram_rss_kb_warm": edge_rss_warm,
         "edge_ram_rss_kb_after": edge_ram_rss,
         "edge_disk_ram_bytes": 1_000_000,
@@ -213,6 +255,38 @@ pub fn run() -> Result<BenchResult> {
         ratio: if baseline > 0.0 { ours / baseline } else { 0.0 },
         details,
     })
+}
+
+/// A tmpfs mounted with `huge=always` (2 MiB pages for the edge's RAM-tier
+/// bodies), unmounted on drop (lazily: a body still open cannot block it).
+struct HugeTmpfs {
+    path: PathBuf,
+}
+
+impl HugeTmpfs {
+    fn mount(path: &Path, size_bytes: u64) -> Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("huge=always,size={size_bytes},mode=0700"), "tmpfs"])
+            .arg(path)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            bail!("mount -t tmpfs -o huge=always: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(Self { path: path.to_owned() })
+    }
+}
+
+impl Drop for HugeTmpfs {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c) = std::ffi::CString::new(self.path.as_os_str().as_bytes()) else { return };
+        // SAFETY: umount2 with a valid C string.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            eprintln!("xtask: umount {}: {}", self.path.display(), std::io::Error::last_os_error());
+        }
+    }
 }
 
 /// A temp directory removed on drop.
@@ -337,10 +411,11 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// Memory a process holds, in kB: resident anonymous and file pages, plus
-/// every memfd it holds open, whole (the edge keeps RAM-tier bodies in
-/// memfds and sends them with sendfile without ever touching their pages
-/// through its own mapping, so `VmRSS` alone would leave them out).
-fn rss_kb(pid: u32) -> Option<u64> {
+/// every memfd and every file in `ram_dir` it holds open, whole (the edge
+/// keeps RAM-tier bodies there and sends them with sendfile without ever
+/// touching their pages through its own mapping, so `VmRSS` alone would
+/// leave them out).
+fn rss_kb(pid: u32, ram_dir: Option<&Path>) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
         status
@@ -351,7 +426,11 @@ fn rss_kb(pid: u32) -> Option<u64> {
     let memfd_bytes: u64 = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|dir| {
             dir.flatten()
-                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:")))
+                .filter(|e| {
+                    std::fs::read_link(e.path()).is_ok_and(|t| {
+                        t.to_string_lossy().starts_with("/memfd:") || ram_dir.is_some_and(|d| t.starts_with(d))
+                    })
+                })
                 .filter_map(|e| std::fs::metadata(e.path()).ok())
                 .map(|m| m.len())
                 .sum()
