@@ -10,6 +10,7 @@ use crate::env;
 
 mod abr;
 mod cache;
+mod cpucap;
 mod edge;
 mod encode;
 mod encode_fleet;
