@@ -84,34 +84,29 @@ pub fn run() -> Result<BenchResult> {
         ),
     )?;
 
-    // Ours as it ships (sendfile on) and with `[limits] sendfile = false` (the
-    // way it was before), nginx with sendfile on and off: in alternating order
-    // over the rounds, so load from elsewhere on the machine hits all alike;
-    // each keeps its best round.
-    let mut best: [Option<(WrkRun, Option<f64>)>; 4] = [None; 4];
-    const NAMES: [&str; 4] = ["ours sendfile on", "nginx sendfile on", "ours sendfile off", "nginx sendfile off"];
-    for round in 0..ROUNDS {
-        let mut order = [0usize, 1, 2, 3];
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for which in order {
-            let run = match which {
-                0 => run_ours(&work, &store, &script, true)?,
-                1 => run_nginx(&work, &store, &script, "on")?,
-                2 => run_ours(&work, &store, &script, false)?,
-                _ => run_nginx(&work, &store, &script, "off")?,
-            };
-            eprintln!("xtask: round {} {:<18} {:?}, CPU {:.0?} µs per response", round + 1, NAMES[which], run.0, run.1);
-            if best[which].is_none_or(|b| run.0.gbit_per_s > b.0.gbit_per_s) {
-                best[which] = Some(run);
-            }
-        }
-    }
+    let best = rounds(&work, &store, &script, None)?;
     let [Some((ours, ours_cpu)), Some(nginx_on), Some((ours_copy, ours_copy_cpu)), Some(nginx_off)] = best else {
         bail!("a benchmark run is missing");
     };
     let nginx_runs = [("on", nginx_on), ("off", nginx_off)];
+    // The same rounds with every server capped at one CPU budget, so the
+    // server rather than wrk's receive side is the bottleneck.
+    let cap_cores: f64 = std::env::var("ORIGIN_BENCH_CPU_CAP").ok().and_then(|s| s.parse().ok()).unwrap_or(0.25);
+    let cpu_capped = if cap_cores > 0.0 {
+        match super::cpucap::CpuCap::new("probe", cap_cores) {
+            Ok(probe) => {
+                drop(probe);
+                let capped = rounds(&work, &store, &script, Some(cap_cores))?;
+                Some(capped_json(cap_cores, &capped))
+            }
+            Err(e) => {
+                eprintln!("xtask: no CPU-capped rounds: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let _ = std::fs::remove_dir_all(&work);
 
     let (best_sendfile, (best, _)) = nginx_runs
@@ -132,6 +127,7 @@ pub fn run() -> Result<BenchResult> {
         "nginx_sendfile_off_cpu_us_per_response": nginx_runs[1].1 .1,
         "rounds": ROUNDS,
         "baseline_sendfile": best_sendfile,
+        "cpu_capped": cpu_capped,
     });
     Ok(BenchResult {
         name: "origin",
@@ -144,9 +140,75 @@ pub fn run() -> Result<BenchResult> {
     })
 }
 
+/// Per configuration (in `NAMES` order), its best run and CPU µs per response.
+type Best = [Option<(WrkRun, Option<f64>)>; 4];
+
+const NAMES: [&str; 4] = ["ours sendfile on", "nginx sendfile on", "ours sendfile off", "nginx sendfile off"];
+
+/// Ours as it ships (sendfile on) and with `[limits] sendfile = false`, nginx
+/// with sendfile on and off: in alternating order over the rounds, so load
+/// from elsewhere on the machine hits all alike; each keeps its best round
+/// (by Gb/s). With `cap`, every server runs capped at that many cores.
+fn rounds(work: &Path, store: &Path, script: &Path, cap: Option<f64>) -> Result<Best> {
+    let mut best: Best = [None; 4];
+    for round in 0..ROUNDS {
+        let mut order = [0usize, 1, 2, 3];
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for which in order {
+            let run = match which {
+                0 => run_ours(work, store, script, true, cap)?,
+                1 => run_nginx(work, store, script, "on", cap)?,
+                2 => run_ours(work, store, script, false, cap)?,
+                _ => run_nginx(work, store, script, "off", cap)?,
+            };
+            let capped = cap.map_or(String::new(), |c| format!(" capped at {c:.2} cores"));
+            eprintln!(
+                "xtask: round {}{capped} {:<18} {:?}, CPU {:.0?} µs per response",
+                round + 1,
+                NAMES[which],
+                run.0,
+                run.1
+            );
+            if best[which].is_none_or(|b| run.0.gbit_per_s > b.0.gbit_per_s) {
+                best[which] = Some(run);
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// The capped rounds' figures: each run, and ours (sendfile on) over nginx's better.
+fn capped_json(cores: f64, best: &Best) -> serde_json::Value {
+    let gbps = |i: usize| best[i].map_or(0.0, |r| r.0.gbit_per_s);
+    let nginx = gbps(1).max(gbps(3));
+    let mut runs = serde_json::Map::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        if let Some((run, cpu)) = best[i] {
+            let mut v = run.json();
+            v["cpu_us_per_response"] = json!(cpu);
+            runs.insert(name.replace(' ', "_"), v);
+        }
+    }
+    json!({
+        "cores": cores,
+        "note": "each server in its own cgroup with a CPU quota of `cores`, so the server, not wrk, is the \
+                 bottleneck; best of the alternating rounds",
+        "ratio": if nginx > 0.0 { gbps(0) / nginx } else { 0.0 },
+        "runs": runs,
+    })
+}
+
 /// wrk against the release `origin serve` on `store`, with sendfile on or
 /// off; also the origin's CPU time (user + system) per response, in µs.
-fn run_ours(work: &Path, store: &Path, script: &Path, sendfile: bool) -> Result<(WrkRun, Option<f64>)> {
+fn run_ours(
+    work: &Path,
+    store: &Path,
+    script: &Path,
+    sendfile: bool,
+    cap: Option<f64>,
+) -> Result<(WrkRun, Option<f64>)> {
     let config = work.join(format!("origin-sendfile-{sendfile}.toml"));
     std::fs::write(&config, format!("[limits]\nsendfile = {sendfile}\n"))?;
     let bin = env::target_dir().join("release").join("origin");
@@ -166,16 +228,24 @@ fn run_ours(work: &Path, store: &Path, script: &Path, sendfile: bool) -> Result<
     let stderr = child.stderr.take().context("origin stderr")?;
     let proc = Proc { child, what: "origin" };
     let addr = listening_addr(stderr)?;
+    let capped = cap.map(|cores| capped(proc.child.id(), cores)).transpose()?;
     let cpu_before = cpu_seconds(proc.child.id());
     let run = wrk(addr, script)?;
     let cpu_after = cpu_seconds(proc.child.id());
+    drop(capped);
     drop(proc);
     Ok((run, cpu_per_response(cpu_before, cpu_after, &run)))
 }
 
 /// wrk against nginx on `store` with `sendfile on|off`; also the CPU time
 /// of its master and workers per response, in µs.
-fn run_nginx(work: &Path, store: &Path, script: &Path, sendfile: &str) -> Result<(WrkRun, Option<f64>)> {
+fn run_nginx(
+    work: &Path,
+    store: &Path,
+    script: &Path,
+    sendfile: &str,
+    cap: Option<f64>,
+) -> Result<(WrkRun, Option<f64>)> {
     let dir = work.join(format!("nginx-sendfile-{sendfile}"));
     std::fs::create_dir_all(dir.join("tmp"))?;
     let port = free_port()?;
@@ -197,11 +267,21 @@ fn run_nginx(work: &Path, store: &Path, script: &Path, sendfile: &str) -> Result
     let proc = Proc { child, what: "nginx" };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     wait_for_port(addr)?;
+    let capped = cap.map(|cores| capped(proc.child.id(), cores)).transpose()?;
     let cpu_before = tree_cpu_seconds(proc.child.id());
     let run = wrk(addr, script)?;
     let cpu_after = tree_cpu_seconds(proc.child.id());
+    drop(capped);
     drop(proc);
     Ok((run, cpu_per_response(cpu_before, cpu_after, &run)))
+}
+
+/// Process `pid` and its children (nginx's workers) in a cgroup of their own,
+/// capped at `cores`; back out when the returned cap is dropped.
+fn capped(pid: u32, cores: f64) -> Result<super::cpucap::CpuCap> {
+    let cap = super::cpucap::CpuCap::new("origin", cores)?;
+    cap.enter(&super::cpucap::with_children(pid))?;
+    Ok(cap)
 }
 
 fn cpu_per_response(before: Option<f64>, after: Option<f64>, run: &WrkRun) -> Option<f64> {
