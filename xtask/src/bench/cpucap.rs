@@ -86,22 +86,6 @@ impl Drop for CpuCap {
     }
 }
 
-/// `pid` and its direct children (nginx's workers are children of its master).
-pub(super) fn with_children(pid: u32) -> Vec<u32> {
-    let mut all = vec![pid];
-    let Ok(dir) = std::fs::read_dir("/proc") else { return all };
-    for e in dir.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        // Fields after the `(comm)`: state, ppid, ...
-        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            all.push(p);
-        }
-    }
-    all
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,15 +94,5 @@ mod tests {
     fn a_cap_out_of_range_is_refused_before_touching_cgroups() {
         assert!(CpuCap::new("t", 0.0).unwrap_err().to_string().contains("out of range"));
         assert!(CpuCap::new("t", 1000.0).unwrap_err().to_string().contains("out of range"));
-    }
-
-    #[test]
-    fn children_of_this_process_are_found() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
-        let found = with_children(std::process::id());
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_eq!(found[0], std::process::id());
-        assert!(found.contains(&child.id()), "{found:?} lacks {}", child.id());
     }
 }

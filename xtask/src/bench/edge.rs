@@ -326,7 +326,7 @@ fn capped_rounds(
                     return Ok(None);
                 }
             };
-            cap.enter(&super::cpucap::with_children(*cpu_pid))?;
+            cap.enter(&super::procstat::with_children(*cpu_pid))?;
             let cpu_before = cpu_seconds(*cpu_pid);
             let w = bench(*addr, 64);
             let cpu = cpu_seconds(*cpu_pid) - cpu_before;
@@ -471,36 +471,13 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, usize)> {
 }
 
 /// A port that was free a moment ago (bound, then released).
-pub(super) fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// CPU seconds of `pid` and its direct children (0 when it is gone).
+fn cpu_seconds(pid: u32) -> f64 {
+    super::procstat::tree_cpu_seconds(pid).unwrap_or(0.0)
 }
 
-/// CPU time (user + system, seconds) of `pid` and its direct children
-/// (nginx's workers are children of its master).
-fn cpu_seconds(pid: u32) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    // Fields after the `(comm)`: state, ppid, ..., utime (11th), stime (12th).
-    let stat = |p: &str| -> Option<(u32, u64)> {
-        let text = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        let rest: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
-        let ppid = rest.get(1)?.parse().ok()?;
-        Some((ppid, rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?))
-    };
-    let own = stat(&pid.to_string()).map_or(0, |(_, t)| t);
-    let children: u64 = std::fs::read_dir("/proc")
-        .map(|dir| {
-            dir.flatten()
-                .filter_map(|e| {
-                    e.file_name().to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(str::to_owned)
-                })
-                .filter_map(|p| stat(&p))
-                .filter(|(ppid, _)| *ppid == pid)
-                .map(|(_, t)| t)
-                .sum()
-        })
-        .unwrap_or(0);
-    (own + children) as f64 / ticks_per_s
+pub(super) fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Memory a process holds, in kB: resident anonymous and file pages, plus

@@ -15,6 +15,7 @@ mod edge;
 mod encode;
 mod encode_fleet;
 mod origin;
+mod procstat;
 mod steering;
 
 /// One benchmark's result.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use super::procstat::tree_cpu_seconds;
 use super::BenchResult;
 use crate::env;
 
@@ -229,9 +230,9 @@ fn run_ours(
     let proc = Proc { child, what: "origin" };
     let addr = listening_addr(stderr)?;
     let capped = cap.map(|cores| capped(proc.child.id(), cores)).transpose()?;
-    let cpu_before = cpu_seconds(proc.child.id());
+    let cpu_before = tree_cpu_seconds(proc.child.id());
     let run = wrk(addr, script)?;
-    let cpu_after = cpu_seconds(proc.child.id());
+    let cpu_after = tree_cpu_seconds(proc.child.id());
     drop(capped);
     drop(proc);
     Ok((run, cpu_per_response(cpu_before, cpu_after, &run)))
@@ -280,7 +281,7 @@ fn run_nginx(
 /// capped at `cores`; back out when the returned cap is dropped.
 fn capped(pid: u32, cores: f64) -> Result<super::cpucap::CpuCap> {
     let cap = super::cpucap::CpuCap::new("origin", cores)?;
-    cap.enter(&super::cpucap::with_children(pid))?;
+    cap.enter(&super::procstat::with_children(pid))?;
     Ok(cap)
 }
 
@@ -290,32 +291,6 @@ fn cpu_per_response(before: Option<f64>, after: Option<f64>, run: &WrkRun) -> Op
         (Some(a), Some(b)) if responses > 0.0 => Some((b - a) / responses * 1e6),
         _ => None,
     }
-}
-
-/// CPU seconds of process `pid` and its children (nginx's workers).
-fn tree_cpu_seconds(pid: u32) -> Option<f64> {
-    let mut total = cpu_seconds(pid)?;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
-        let ppid = stat.rfind(')').and_then(|at| stat[at + 2..].split_whitespace().nth(1)?.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            total += cpu_seconds(child).unwrap_or(0.0);
-        }
-    }
-    Some(total)
-}
-
-/// User + system CPU seconds of process `pid` so far (Linux `/proc`).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at state, field 3.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| ticks / hz as f64)
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
