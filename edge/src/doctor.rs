@@ -5,7 +5,8 @@
 //! fsync), the listen port, each upstream and steering (HTTP GET `/health`),
 //! the clock against their `Date` headers (signed requests allow +-60 s), the
 //! BGP port or router when `[bgp]` is set, the RAM tier against the machine's (or the cgroup's) memory, and
-//! `ram_dir` (a writable tmpfs, with huge pages). Every check is bounded in time. The verdicts are pure functions, tested directly.
+//! `ram_dir` (a writable tmpfs, with huge pages), and `vm.max_map_count` against a RAM tier full of
+//! the smallest bodies that get a mapping of their own. Every check is bounded in time. The verdicts are pure functions, tested directly.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -37,7 +38,7 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckResult {
     /// Short name: `config`, `service-user`, `cache-path`, `disk-space`, `write-speed`, `listen`, `bgp`,
-    /// `upstream`, `steering`, `clock`, `memory`, `ram_dir`.
+    /// `upstream`, `steering`, `clock`, `memory`, `ram_dir`, `mappings`.
     pub name: &'static str,
     pub verdict: Verdict,
     pub detail: String,
@@ -107,6 +108,7 @@ pub async fn run_checks(args: &DoctorArgs) -> Vec<CheckResult> {
     out.extend(remote);
     out.push(memory_check(cfg.ram_bytes));
     out.push(ram_dir_check(cfg.ram_dir.as_deref(), cfg.ram_bytes));
+    out.push(mappings_check(cfg.ram_bytes));
     out
 }
 
@@ -554,6 +556,40 @@ pub fn ram_verdict(ram_bytes: u64, limit: u64, available: u64) -> Verdict {
     }
 }
 
+// ---- mappings -------------------------------------------------------------------
+
+fn mappings_check(ram_bytes: u64) -> CheckResult {
+    match crate::memory::max_map_count() {
+        Some(limit) => {
+            let (verdict, detail) = mappings_verdict(ram_bytes, limit);
+            CheckResult::new("mappings", verdict, detail)
+        }
+        None => CheckResult::new("mappings", Verdict::Warn, "cannot read /proc/sys/vm/max_map_count"),
+    }
+}
+
+/// Each RAM-tier body of `MEMFD_MIN_BYTES` or more is one mapping: pass
+/// when `vm.max_map_count` leaves room for a tier full of the smallest such
+/// bodies; warn otherwise (bodies beyond the limit are kept on the heap and
+/// copied into sockets, which works but costs CPU).
+pub fn mappings_verdict(ram_bytes: u64, max_map_count: u64) -> (Verdict, String) {
+    let need = crate::memory::mappings_needed(ram_bytes);
+    let bodies = ram_bytes / crate::memory::MEMFD_MIN_BYTES as u64;
+    if max_map_count >= need {
+        (Verdict::Pass, format!("vm.max_map_count {max_map_count} covers up to {bodies} RAM-tier bodies"))
+    } else {
+        (
+            Verdict::Warn,
+            format!(
+                "vm.max_map_count {max_map_count} is below the {need} mappings a RAM tier of {} full of 64 KiB \
+                 bodies takes (one each); bodies beyond it stay on the heap and are copied into sockets. Raise it: \
+                 `sysctl -w vm.max_map_count={need}` and the same in /etc/sysctl.d/",
+                human(ram_bytes)
+            ),
+        )
+    }
+}
+
 // ---- ram_dir --------------------------------------------------------------------
 
 fn ram_dir_check(dir: Option<&Path>, ram_bytes: u64) -> CheckResult {
@@ -693,6 +729,18 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         assert!(free_bytes(dir.path()).unwrap() > 0);
         assert!(free_bytes(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn mappings_pass_when_a_tier_of_the_smallest_large_bodies_fits() {
+        let (v, d) = mappings_verdict(1 << 30, 65530);
+        assert_eq!(v, Verdict::Pass, "{d}");
+        assert!(d.contains("16384 RAM-tier bodies"), "{d}");
+        let (v, d) = mappings_verdict(64 << 30, 65530);
+        assert_eq!(v, Verdict::Warn, "{d}");
+        assert!(d.contains("vm.max_map_count=1052672") && d.contains("64.0 GiB"), "{d}");
+        assert_eq!(mappings_verdict(64 << 30, 1052672).0, Verdict::Pass);
+        assert_eq!(mappings_verdict(64 << 30, 1052671).0, Verdict::Warn);
     }
 
     #[test]

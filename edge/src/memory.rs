@@ -113,6 +113,21 @@ impl BodyStore {
 /// ones stay on the heap, where a `writev` copy costs less than the syscalls.
 pub const MEMFD_MIN_BYTES: usize = 64 * 1024;
 
+/// Mappings left for everything but the RAM tier's bodies (heap, stacks,
+/// libraries, the disk tier's store files).
+const OTHER_MAPPINGS: u64 = 4096;
+
+/// Mappings a RAM tier of `ram_bytes` takes when full of the smallest bodies
+/// that get one (`MEMFD_MIN_BYTES`), plus the process's others.
+pub fn mappings_needed(ram_bytes: u64) -> u64 {
+    ram_bytes / MEMFD_MIN_BYTES as u64 + OTHER_MAPPINGS
+}
+
+/// The kernel's per-process limit on mappings (`vm.max_map_count`).
+pub fn max_map_count() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?.trim().parse().ok()
+}
+
 /// A copy of `data` in a sealed memfd mapped read-only, registered for
 /// zero-copy sends. Fails (and the caller keeps the heap copy) when the
 /// process is out of descriptors or mappings.
@@ -374,6 +389,43 @@ mod tests {
         drop((got, slice));
         // (Another test may map something new at the same address; not this memfd at offset 0.)
         assert_ne!(svc::zerocopy::file_at(addr, 1), Some(span), "still registered after the last clone went");
+    }
+
+    /// Out of descriptors (as out of mappings past `vm.max_map_count`), large
+    /// bodies stay whole on the heap. Runs in a child process of this test
+    /// binary, since the limit applies to the whole process.
+    #[test]
+    fn out_of_descriptors_large_bodies_stay_whole_on_the_heap() {
+        const CHILD: &str = "EDGE_TEST_LOW_NOFILE_CHILD";
+        let name = "memory::tests::out_of_descriptors_large_bodies_stay_whole_on_the_heap";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            assert!(text.contains("in memfds: 0 < n < 100"), "{text}");
+            return;
+        }
+        // Hard limit: the tier cannot raise it again. Leave a few above what is open now.
+        let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        let lim = libc::rlimit { rlim_cur: open_now + 20, rlim_max: open_now + 20 };
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+        let tier: MemoryTier<String, CachedObject> = MemoryTier::new(100 << 20);
+        let body = |n: usize| -> Vec<u8> { (0..MEMFD_MIN_BYTES + n).map(|i| ((i + n) % 251) as u8).collect() };
+        for n in 0..100 {
+            tier.insert(format!("k{n}"), CachedObject { body: Bytes::from(body(n)), ..obj(0) });
+        }
+        let mut in_memfds = 0;
+        for n in 0..100 {
+            let got = tier.get(&format!("k{n}")).expect("every insert is held");
+            assert!(got.body[..] == body(n)[..], "body {n} differs");
+            in_memfds += usize::from(svc::zerocopy::file_of(&got.body).is_some());
+        }
+        assert!(in_memfds > 0 && in_memfds < 100, "{in_memfds} of 100 in memfds");
+        eprintln!("in memfds: 0 < n < 100 ({in_memfds})");
     }
 
     #[test]

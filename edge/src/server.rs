@@ -116,6 +116,15 @@ impl EdgeState {
             std::time::Duration::from_millis(config.breaker_cooldown_ms),
         );
         let ram = Arc::new(MemoryTier::with_bodies(config.ram_bytes, body_store(config)?));
+        let need = crate::memory::mappings_needed(config.ram_bytes);
+        if let Some(limit) = crate::memory::max_map_count().filter(|&l| l < need) {
+            tracing::warn!(
+                max_map_count = limit,
+                needed = need,
+                "vm.max_map_count is below what a RAM tier full of 64 KiB bodies takes (one mapping each); bodies \
+                 beyond it stay on the heap and are copied into sockets (see `edge doctor`)"
+            );
+        }
         let disk = match config.disk() {
             Some(cfg) => {
                 let disk = DiskTier::open(&cfg)?;

@@ -98,9 +98,18 @@ async fn every_check_passes_against_a_real_origin_and_steering() {
     for l in &lines {
         assert!(l.starts_with("PASS  "), "{lines:#?}");
     }
-    for check in
-        ["config", "cache-path", "disk-space", "write-speed", "listen", "bgp", "upstream", "steering", "memory"]
-    {
+    for check in [
+        "config",
+        "cache-path",
+        "disk-space",
+        "write-speed",
+        "listen",
+        "bgp",
+        "upstream",
+        "steering",
+        "memory",
+        "mappings",
+    ] {
         line(&lines, check);
     }
     let clocks: Vec<&String> = lines.iter().filter(|l| l.contains(" clock ")).collect();
