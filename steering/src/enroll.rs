@@ -154,7 +154,9 @@ impl EnrollStore {
     /// The store in `dir` (created, mode 0700, if missing).
     pub fn open(dir: &Path) -> Result<Self, EnrollError> {
         let io = |source| EnrollError::Io { path: dir.to_owned(), source };
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir.join("claims")).map_err(io)?;
+        for sub in ["claims", "locks"] {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir.join(sub)).map_err(io)?;
+        }
         Ok(Self { dir: dir.to_owned(), cache: Mutex::new(HashMap::new()) })
     }
 
@@ -213,6 +215,24 @@ impl EnrollStore {
         Ok(out)
     }
 
+    /// An exclusive lock on `name`'s record (`flock` on `locks/NAME.lock`),
+    /// held until the returned file is dropped: `add`, `revoke` and `enroll`
+    /// read, change and write a record under it, so two of them (in this
+    /// process, another replica or the `steering edges` command) never
+    /// overwrite each other's change.
+    fn lock(&self, name: &str) -> Result<std::fs::File, EnrollError> {
+        let path = self.dir.join("locks").join(format!("{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|f| f.lock().map(|()| f))
+            .map_err(|source| EnrollError::Io { path, source })?;
+        Ok(file)
+    }
+
     /// Writes `rec` atomically (temp file, fsync, rename), mode 0600: it holds the edge's secret.
     fn save(&self, rec: &EdgeRecord) -> Result<(), EnrollError> {
         let path = self.path_of(&rec.name);
@@ -241,6 +261,7 @@ impl EnrollStore {
         if !edge_auth::is_edge_name(site) {
             return Err(EnrollError::BadName(site.to_owned()));
         }
+        let _lock = self.lock(name)?;
         if let Some(old) = self.get(name)? {
             if old.enrolled_unix_s.is_some() && !old.revoked() {
                 return Err(EnrollError::Exists(name.to_owned()));
@@ -265,6 +286,10 @@ impl EnrollStore {
 
     /// `steering edges revoke`: from the next request on the edge is refused.
     pub fn revoke(&self, name: &str, now_s: u64) -> Result<EdgeRecord, EnrollError> {
+        if !edge_auth::is_edge_name(name) {
+            return Err(EnrollError::Unknown(name.to_owned()));
+        }
+        let _lock = self.lock(name)?;
         let Some(rec) = self.get(name)? else { return Err(EnrollError::Unknown(name.to_owned())) };
         let mut rec = (*rec).clone();
         if rec.revoked_unix_s.is_none() {
@@ -280,6 +305,10 @@ impl EnrollStore {
         let Some((name, _)) = token.rsplit_once('.') else {
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unknown enrollment token", "malformed token"));
         };
+        if !edge_auth::is_edge_name(name) {
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unknown enrollment token", "no such edge"));
+        }
+        let _lock = self.lock(name).map_err(Refusal::internal)?;
         let rec = match self.get(name) {
             Ok(Some(r)) => r,
             Ok(None) => return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unknown enrollment token", "no such edge")),
@@ -657,6 +686,37 @@ mod tests {
             racers.into_iter().map(|r| r.join().unwrap()).collect()
         });
         assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{wins:?}");
+    }
+
+    #[test]
+    fn a_revocation_racing_an_enrollment_is_never_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut enrolled_then_revoked = 0;
+        for i in 0..40 {
+            let name = format!("edge-{i}");
+            let (token, _) = EnrollStore::open(dir.path()).unwrap().add(&name, "isp-a", 3600, 0).unwrap();
+            let barrier = std::sync::Barrier::new(2);
+            let (enrolled, revoked) = std::thread::scope(|scope| {
+                let e = scope.spawn(|| {
+                    let store = EnrollStore::open(dir.path()).unwrap();
+                    barrier.wait();
+                    store.enroll(&req(&token), 1).is_ok()
+                });
+                let r = scope.spawn(|| {
+                    let store = EnrollStore::open(dir.path()).unwrap();
+                    barrier.wait();
+                    store.revoke(&name, 2).is_ok()
+                });
+                (e.join().unwrap(), r.join().unwrap())
+            });
+            assert!(revoked);
+            let rec = EnrollStore::open(dir.path()).unwrap().get(&name).unwrap().unwrap();
+            assert!(rec.revoked(), "round {i}: the revocation was overwritten (enrolled: {enrolled}) {rec:?}");
+            enrolled_then_revoked += usize::from(enrolled);
+            // An enrollment that won the race keeps its secret in the revoked record.
+            assert_eq!(rec.secret.is_some(), enrolled, "round {i}");
+        }
+        eprintln!("{enrolled_then_revoked} of 40 enrolled before the revocation");
     }
 
     #[test]
