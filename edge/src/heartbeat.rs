@@ -145,6 +145,29 @@ async fn send(
     }
 }
 
+/// Sends `hb` with its prefix digest, leaving the prefix list out when steering's
+/// last answer said it holds that set (`holds`); when the answer shows it does
+/// not (a restarted steering, another replica), sends the whole set at once.
+/// `holds` follows steering's answers (None after a failure).
+async fn beat(
+    client: &reqwest::Client,
+    settings: &HeartbeatSettings,
+    mut hb: Heartbeat,
+    holds: &mut Option<String>,
+) -> Result<vod::edge_auth::HeartbeatKeys, String> {
+    let digest = vod::steering::prefixes_digest(&hb.prefixes);
+    hb.prefixes_sha256 = Some(digest.clone());
+    let slim = holds.as_deref() == Some(digest.as_str());
+    let full = if slim { std::mem::take(&mut hb.prefixes) } else { Vec::new() };
+    let mut sent = send(client, settings, &hb).await;
+    if slim && sent.as_ref().is_ok_and(|a| a.prefixes_sha256.as_deref() != Some(digest.as_str())) {
+        hb.prefixes = full;
+        sent = send(client, settings, &hb).await;
+    }
+    *holds = sent.as_ref().ok().and_then(|a| a.prefixes_sha256.clone());
+    sent
+}
+
 /// Sends heartbeats until `stop` fires (or its sender is dropped), then one last one saying drained.
 pub fn spawn(
     state: Arc<EdgeState>,
@@ -166,6 +189,7 @@ pub fn spawn(
         let mut ticker = tokio::time::interval(settings.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut holds: Option<String> = None;
         loop {
             tokio::select! {
                 biased;
@@ -178,7 +202,7 @@ pub fn spawn(
             let sent = tokio::select! {
                 biased;
                 _ = &mut stop => break,
-                r = send(&client, &settings, &hb) => r,
+                r = beat(&client, &settings, hb, &mut holds) => r,
             };
             if let (Ok(keys), Some(_)) = (&sent, &settings.signer) {
                 apply_keys(&state, keys);

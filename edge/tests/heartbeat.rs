@@ -104,3 +104,79 @@ async fn edge_registers_reports_titles_drains_and_says_goodbye() {
     steering.stop().await;
     origin.stop().await;
 }
+
+/// A steering stand-in that records every heartbeat and answers with the
+/// digest of the last prefix set it was given, until it is told to forget.
+#[derive(Default)]
+struct Recorder {
+    beats: std::sync::Mutex<Vec<vod::steering::Heartbeat>>,
+    holds: std::sync::Mutex<Option<String>>,
+}
+
+async fn record(
+    axum::extract::State(r): axum::extract::State<std::sync::Arc<Recorder>>,
+    body: axum::body::Bytes,
+) -> axum::Json<serde_json::Value> {
+    let hb: vod::steering::Heartbeat = serde_json::from_slice(&body).unwrap();
+    let mut holds = r.holds.lock().unwrap();
+    let empty = vod::steering::prefixes_digest(&[]);
+    if !hb.prefixes.is_empty() || hb.prefixes_sha256.as_deref() == Some(empty.as_str()) {
+        *holds = Some(vod::steering::prefixes_digest(&hb.prefixes));
+    }
+    let answer = serde_json::json!({ "edge": hb.edge, "prefixes_sha256": *holds });
+    r.beats.lock().unwrap().push(hb);
+    axum::Json(answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_travel_only_when_steering_does_not_hold_them() {
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let app = axum::Router::new().route("/v1/heartbeat", axum::routing::post(record)).with_state(recorder.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let steering = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (origin, _dir) = start_origin(&[(SEG, body(1, 1000))]).await;
+    let prefixes = vec!["10.1.0.0/16".to_owned(), "2001:db8::/32".to_owned()];
+    let cfg = edge::EdgeConfig {
+        name: "edge-p".into(),
+        steering: Some(steering),
+        heartbeat_token: Some("hb".into()),
+        heartbeat_interval_ms: 50,
+        site: Some("site-a".into()),
+        static_prefixes: prefixes.clone(),
+        ..edge_config(&origin.url())
+    };
+    let edge = start_edge(cfg).await;
+    let count = || recorder.beats.lock().unwrap().len();
+    assert!(eventually(|| async { count() >= 4 }).await, "no heartbeats");
+    let digest = vod::steering::prefixes_digest(&prefixes);
+    {
+        let beats = recorder.beats.lock().unwrap();
+        assert_eq!(beats[0].prefixes, prefixes, "the first heartbeat carries the set");
+        for (n, hb) in beats.iter().enumerate() {
+            assert_eq!(hb.prefixes_sha256.as_deref(), Some(digest.as_str()), "beat {n}");
+            assert_eq!(hb.prefixes.is_empty(), n > 0, "beat {n}: only the first carries the list");
+        }
+    }
+
+    // Steering forgets (a restart, another replica): the set goes again at once, and only once.
+    // (Locks taken in the stand-in's order: what it holds, then the record.)
+    let before = {
+        let mut holds = recorder.holds.lock().unwrap();
+        *holds = None;
+        recorder.beats.lock().unwrap().len()
+    };
+    assert!(eventually(|| async { count() >= before + 4 }).await, "heartbeats stopped");
+    {
+        let holds = recorder.holds.lock().unwrap().clone();
+        let beats = recorder.beats.lock().unwrap();
+        let full: Vec<usize> = (before..beats.len()).filter(|&n| !beats[n].prefixes.is_empty()).collect();
+        assert_eq!(full.len(), 1, "{full:?} of {before}..{}", beats.len());
+        assert_eq!(beats[full[0]].prefixes, prefixes);
+        // It follows the slim heartbeat the stand-in could not place, without waiting a tick.
+        assert!(beats[full[0] - 1].prefixes.is_empty());
+        assert_eq!(holds, Some(digest));
+    }
+    edge.stop().await;
+    server.abort();
+}

@@ -164,6 +164,8 @@ pub struct EdgeEntry {
     pub revoked: bool,
     /// Client prefixes its last heartbeat reported (learned over BGP or static), sorted.
     pub reported_prefixes: Vec<IpNet>,
+    /// `prefixes_digest` of the list those came in (as the edge sent it); None before any.
+    pub reported_digest: Option<String>,
 }
 
 impl EdgeEntry {
@@ -175,6 +177,7 @@ impl EdgeEntry {
             breaker: Breaker::new(),
             revoked: false,
             reported_prefixes: Vec::new(),
+            reported_digest: None,
         }
     }
 
@@ -434,8 +437,13 @@ impl Registry {
     /// Applies a heartbeat received at `now`; registers an unknown edge that sends url and site.
     /// Returns the edge's index.
     pub fn heartbeat(&mut self, hb: Heartbeat, now_ms: u64) -> Result<usize, HeartbeatError> {
-        // Checked first: a heartbeat with a bad prefix changes nothing.
-        let reported = parse_reported(&hb.edge, &hb.prefixes)?;
+        // Checked first: a heartbeat with a bad prefix changes nothing. A heartbeat with only a
+        // digest keeps the set held (the answer tells the edge which one that is, so it sends its
+        // whole set when they differ), or empties it when the digest is the empty set's.
+        let reported = match &hb.prefixes_sha256 {
+            Some(d) if hb.prefixes.is_empty() => (*d == vod::steering::prefixes_digest(&[])).then(Vec::new),
+            _ => Some(parse_reported(&hb.edge, &hb.prefixes)?),
+        };
         let i = match self.index_of(&hb.edge) {
             Some(i) => i,
             None => {
@@ -475,9 +483,12 @@ impl Registry {
                 }
             }
         }
-        if self.edges[i].reported_prefixes != reported {
-            self.edges[i].reported_prefixes = reported;
-            self.reported_generation += 1;
+        if let Some(reported) = reported {
+            self.edges[i].reported_digest = Some(vod::steering::prefixes_digest(&hb.prefixes));
+            if self.edges[i].reported_prefixes != reported {
+                self.edges[i].reported_prefixes = reported;
+                self.reported_generation += 1;
+            }
         }
         self.edges[i].heartbeat = Some(HeartbeatState {
             at_ms: now_ms,
@@ -612,6 +623,43 @@ mod tests {
         bad.url = Some("http://d".into());
         bad.site = Some("x".into());
         assert_eq!(r.heartbeat(bad, 0), Err(HeartbeatError::BadName));
+    }
+
+    #[test]
+    fn a_digest_alone_keeps_the_set_held_or_empties_it() {
+        use vod::steering::prefixes_digest;
+        let mut r = reg();
+        let hold = 10_000;
+        let list = vec!["10.1.0.0/16".to_owned(), "2001:db8::/32".to_owned()];
+        let beat = |prefixes: &[String], digest: &str| {
+            let mut hb = Heartbeat::new("a1");
+            hb.prefixes = prefixes.to_vec();
+            hb.prefixes_sha256 = Some(digest.to_owned());
+            hb
+        };
+        let d = prefixes_digest(&list);
+        r.heartbeat(beat(&list, &d), 0).unwrap();
+        assert_eq!(r.edges()[0].reported_digest.as_deref(), Some(d.as_str()));
+        let key = r.reported_key(0, hold);
+        assert_eq!(key.1, [0]);
+        // The digest of the set held: nothing changes, and the prefixes stay live.
+        r.heartbeat(beat(&[], &d), 5_000).unwrap();
+        assert_eq!(r.reported_key(5_000, hold), key);
+        assert_eq!(r.reported_key(14_000, hold).1, [0], "the slim heartbeat kept them alive");
+        // A digest steering does not hold: the set stays as it was and the answer shows the old digest.
+        r.heartbeat(beat(&[], &prefixes_digest(&list[..1])), 6_000).unwrap();
+        assert_eq!(r.edges()[0].reported_prefixes.len(), 2);
+        assert_eq!(r.edges()[0].reported_digest.as_deref(), Some(d.as_str()));
+        // The empty set's digest withdraws them all.
+        r.heartbeat(beat(&[], &prefixes_digest(&[])), 7_000).unwrap();
+        assert!(r.edges()[0].reported_prefixes.is_empty());
+        assert_eq!(r.edges()[0].reported_digest, Some(prefixes_digest(&[])));
+        // A heartbeat without a digest (an older edge) carries its whole set, as before.
+        let mut old = Heartbeat::new("a1");
+        old.prefixes = list.clone();
+        r.heartbeat(old, 8_000).unwrap();
+        assert_eq!(r.edges()[0].reported_prefixes.len(), 2);
+        assert_eq!(r.edges()[0].reported_digest.as_deref(), Some(d.as_str()));
     }
 
     #[test]

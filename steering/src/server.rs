@@ -439,6 +439,9 @@ struct HeartbeatAck {
     /// The URL-signing keys to accept, signing key first: only for enrolled (signed) edges.
     #[serde(skip_serializing_if = "Option::is_none")]
     token_keys: Option<Vec<KeySpec>>,
+    /// Digest of the prefix set held for the edge (`vod::steering::prefixes_digest`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefixes_sha256: Option<String>,
 }
 
 async fn heartbeat(
@@ -512,6 +515,7 @@ async fn heartbeat(
         out_reason: out.map(|o| o.as_str()),
         interval_ms: (reg.settings().heartbeat_timeout_ms / 3).max(1),
         token_keys: signed.then(|| s.token_keys.clone()),
+        prefixes_sha256: reg.edges()[i].reported_digest.clone(),
     };
     drop(reg);
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(ack)).into_response())

@@ -227,12 +227,16 @@ pub struct EnrollResponse {
     pub heartbeat_interval_ms: Option<u64>,
 }
 
-/// The part of a heartbeat answer an enrolled edge acts on.
+/// The part of a heartbeat answer an edge acts on (the keys only when it is enrolled).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeartbeatKeys {
     /// The URL-signing keys to accept from now on (present only for signed heartbeats).
     #[serde(default)]
     pub token_keys: Option<Vec<KeySpec>>,
+    /// The digest of the prefix set steering holds for the edge (`steering::prefixes_digest`);
+    /// absent when it holds none. The edge sends its whole set again whenever its own differs.
+    #[serde(default)]
+    pub prefixes_sha256: Option<String>,
 }
 
 #[cfg(test)]
