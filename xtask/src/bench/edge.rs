@@ -82,40 +82,30 @@ pub fn run() -> Result<BenchResult> {
             format!("memfds (mounting a huge-page tmpfs failed: {e:#})")
         }
     };
-    let mut edge_ram_cmd = Command::new(bin.join("edge"));
-    edge_ram_cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &origin_url,
-        "--ram-bytes",
-        &ram_bytes.to_string(),
-    ]);
-    if let Ok(m) = &ram_mount {
-        edge_ram_cmd.arg("--ram-dir").arg(&m.path);
-    }
+    // An edge holding every object in its RAM tier, bodies in `ram_dir` when given.
+    let ram_edge = |ram_dir: Option<&Path>| -> Result<Proc> {
+        let mut cmd = Command::new(bin.join("edge"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &origin_url,
+            "--ram-bytes",
+            &ram_bytes.to_string(),
+        ]);
+        if let Some(dir) = ram_dir {
+            cmd.arg("--ram-dir").arg(dir);
+        }
+        let edge = Proc::spawn(&mut cmd, "edge listening on ")?;
+        warm(edge.addr, "HIT")?;
+        Ok(edge)
+    };
     let ram_dir = ram_mount.as_ref().ok().map(|m| m.path.clone());
-    let edge_ram = Proc::spawn(&mut edge_ram_cmd, "edge listening on ")?;
-    warm(edge_ram.addr, "HIT")?;
+    let edge_ram = ram_edge(ram_dir.as_deref())?;
     // Side by side: the same edge with its RAM-tier bodies in memfds (4 KiB shmem pages).
     let edge_memfd = match &ram_mount {
-        Ok(_) => {
-            let e = Proc::spawn(
-                Command::new(bin.join("edge")).args([
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--upstream",
-                    &origin_url,
-                    "--ram-bytes",
-                    &ram_bytes.to_string(),
-                ]),
-                "edge listening on ",
-            )?;
-            warm(e.addr, "HIT")?;
-            Some(e)
-        }
+        Ok(_) => Some(ram_edge(None)?),
         Err(_) => None,
     };
     // Objects only on the disk tier: its RAM tier is smaller than one object.
