@@ -31,7 +31,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use vod::edge_auth::{self, EnrollRequest, EnrollResponse, KeySpec, SignedHeaders};
+use vod::edge_auth::{self, EnrollRequest, EnrollResponse, SignedHeaders};
 
 use crate::registry::Registry;
 
@@ -479,8 +479,8 @@ impl EdgeAuth {
 pub struct EnrollApi {
     /// Where records live.
     pub store: Arc<EnrollStore>,
-    /// URL-signing keys, the signing one first.
-    pub token_keys: Vec<KeySpec>,
+    /// URL-signing keys, the signing one first (replaced on a config reload).
+    pub keys: crate::server::SharedKeys,
     /// Steering's public base URL, if configured.
     pub steering_url: Option<String>,
     /// The origin edges fill from.
@@ -538,7 +538,7 @@ async fn enroll(State(api): State<Arc<EnrollApi>>, body: Bytes) -> Response {
         name: rec.name.clone(),
         site: rec.site.clone(),
         secret: rec.secret.clone().unwrap_or_default(),
-        token_keys: api.token_keys.clone(),
+        token_keys: api.keys.load().specs.clone(),
         steering_url: api.steering_url.clone(),
         upstream: api.upstream.clone(),
         heartbeat_interval_ms: Some(api.heartbeat_interval_ms),

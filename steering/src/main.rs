@@ -236,6 +236,40 @@ fn fill_plan(args: FillPlanArgs) -> Result<()> {
     Ok(())
 }
 
+/// Re-reads `path` on each SIGHUP and sends the config when it is valid (a
+/// bad one is logged and changes nothing); `listen` as given on the command line.
+fn reload_on_sighup(
+    path: std::path::PathBuf,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<tokio::sync::watch::Receiver<Option<Config>>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("watching SIGHUP")?;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let loaded = Config::load(&path).map_err(anyhow::Error::from).and_then(|mut cfg| {
+                if let Some(l) = listen {
+                    cfg.listen = l;
+                }
+                cfg.validate()?;
+                Ok(cfg)
+            });
+            match loaded {
+                Ok(cfg) => {
+                    tracing::info!(config = %path.display(), "SIGHUP: config re-read");
+                    if tx.send(Some(cfg)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(config = %path.display(), error = %format!("{e:#}"), "SIGHUP: config not reloaded; keeping the running one")
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     svc::init_tracing("info");
@@ -248,7 +282,10 @@ async fn main() -> Result<()> {
             let listener =
                 tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
             eprintln!("steering listening on {}", listener.local_addr()?);
-            steering::run(cfg, listener, svc::shutdown_signal()).await.context("steering server")
+            let reloads = reload_on_sighup(config, listen)?;
+            steering::server::run_reloadable(cfg, listener, svc::shutdown_signal(), reloads)
+                .await
+                .context("steering server")
         }
         Command::FillPlan(args) => fill_plan(args),
         Command::Edges(cmd) => edges(cmd),

@@ -46,20 +46,40 @@ use crate::Error;
 /// Largest heartbeat body accepted (about half a million title ids).
 const HEARTBEAT_MAX_BYTES: usize = 16 << 20;
 
+/// The URL-signing keys: the one steering signs with, and the set it hands to
+/// enrolled edges with every heartbeat answer (signing key first).
+#[derive(Debug)]
+pub struct Keys {
+    pub signing: TokenKey,
+    pub specs: Vec<KeySpec>,
+}
+
+impl Keys {
+    /// The keys `config` names.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            signing: TokenKey::new(config.token_key_id.clone(), config.token_secret.clone().into_bytes()),
+            specs: config.token_key_specs(),
+        }
+    }
+}
+
+/// Keys read by every request and swapped whole on a reload.
+pub type SharedKeys = Arc<arc_swap::ArcSwap<Keys>>;
+
 /// State shared by the handlers. The registry is written by the prober and by
 /// heartbeats, read by every decision; the coverage table is swapped whole on reload.
 struct AppState {
     registry: watch::Sender<Registry>,
     coverage: watch::Receiver<Arc<CoverageMap>>,
-    key: TokenKey,
+    /// The signing key and the accepted set; replaced on a config reload.
+    keys: SharedKeys,
     ttl_s: u64,
     forwarding: Forwarding,
     policy: Policy,
     origin: Option<String>,
     /// Who may heartbeat: the bearer `heartbeat_token` or enrolled edges' signatures.
     auth: Arc<EdgeAuth>,
-    /// URL-signing keys handed to enrolled edges with every heartbeat answer (rotation).
-    token_keys: Vec<KeySpec>,
     steering_ttl_s: u64,
     /// Fetches MPDs for `/v1/dash` and master playlists for steering manifests.
     http: reqwest::Client,
@@ -169,7 +189,7 @@ impl AppState {
     }
 
     fn token(&self, title: &TitleId) -> String {
-        self.key.sign(title, unix_now_s().saturating_add(self.ttl_s))
+        self.keys.load().signing.sign(title, unix_now_s().saturating_add(self.ttl_s))
     }
 
     fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
@@ -514,7 +534,7 @@ async fn heartbeat(
         available: out.is_none(),
         out_reason: out.map(|o| o.as_str()),
         interval_ms: (reg.settings().heartbeat_timeout_ms / 3).max(1),
-        token_keys: signed.then(|| s.token_keys.clone()),
+        token_keys: signed.then(|| s.keys.load().specs.clone()),
         prefixes_sha256: reg.edges()[i].reported_digest.clone(),
     };
     drop(reg);
@@ -719,7 +739,23 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    run_reloadable(config, listener, shutdown, watch::channel(None).1).await
+}
+
+/// [`run`], taking each config sent on `reloads` (`steering serve` sends one
+/// per SIGHUP, already validated): the URL-signing keys (`token_key_id`,
+/// `token_secret`, `[[token_keys]]`) change at once, for new redirects and in
+/// the next heartbeat answers; other settings need a restart, which is logged
+/// when they differ.
+pub async fn run_reloadable(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloads: watch::Receiver<Option<Config>>,
+) -> Result<(), Error> {
     let edges = config.validate()?;
+    let keys: SharedKeys = Arc::new(arc_swap::ArcSwap::from_pointee(Keys::of(&config)));
+    let reloader = spawn_key_reloader(config.clone(), reloads, Arc::clone(&keys));
     let file_entries = match &config.coverage_file {
         Some(path) => coverage::load_file(path)?,
         None => Vec::new(),
@@ -774,7 +810,7 @@ pub async fn run(
     let enroll = store.map(|store| {
         crate::enroll::router(Arc::new(crate::enroll::EnrollApi {
             store,
-            token_keys: config.token_key_specs(),
+            keys: Arc::clone(&keys),
             steering_url: config.public_url.as_deref().map(|u| u.trim_end_matches('/').to_owned()),
             upstream: config.origin_base(),
             heartbeat_interval_ms: (config.heartbeat_timeout_ms / 3).max(1),
@@ -785,7 +821,7 @@ pub async fn run(
     let state = Arc::new(AppState {
         registry: registry_tx,
         coverage: coverage_rx,
-        key: TokenKey::new(config.token_key_id.clone(), config.token_secret.clone().into_bytes()),
+        keys,
         ttl_s: config.token_ttl_s,
         forwarding: Forwarding { trust_all: config.trust_forwarded_for, proxies: config.trusted_proxy_nets()? },
         policy: Policy {
@@ -797,7 +833,6 @@ pub async fn run(
         },
         origin,
         auth,
-        token_keys: config.token_key_specs(),
         steering_ttl_s: config.steering_ttl_s,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -842,8 +877,33 @@ pub async fn run(
         r.await?;
     }
     coverage_keeper.await?;
+    reloader.abort();
     served?;
     Ok(())
+}
+
+/// Applies the URL-signing keys of each config sent on `reloads` (see [`run_reloadable`]).
+fn spawn_key_reloader(
+    mut current: Config,
+    mut reloads: watch::Receiver<Option<Config>>,
+    keys: SharedKeys,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while reloads.changed().await.is_ok() {
+            let Some(new) = reloads.borrow_and_update().clone() else { continue };
+            let mut rest = new.clone();
+            rest.token_key_id.clone_from(&current.token_key_id);
+            rest.token_secret.clone_from(&current.token_secret);
+            rest.token_keys.clone_from(&current.token_keys);
+            if rest != current {
+                tracing::warn!("config reloaded: the URL-signing keys apply now; other changes need a restart");
+            }
+            keys.store(Arc::new(Keys::of(&new)));
+            let ids: Vec<String> = new.token_key_specs().into_iter().map(|k| k.id).collect();
+            tracing::info!(signing = %new.token_key_id, accepted = ?ids, "URL-signing keys reloaded");
+            current = new;
+        }
+    })
 }
 
 #[cfg(test)]

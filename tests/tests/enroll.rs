@@ -3,8 +3,9 @@
 //! written file → its signed heartbeats are accepted and steering routes to
 //! it → reused, forged and expired enrollment tokens are refused → tampered,
 //! wrongly keyed and stale heartbeats are refused → an edge cannot read
-//! another edge's fill plan → a URL-signing key rotated on steering (restart
-//! with a new key) is accepted by the edge after a heartbeat → `steering
+//! another edge's fill plan → a URL-signing key rotated on steering (a new
+//! config and SIGHUP, no restart; a bad config changes nothing) signs new
+//! URLs at once and is accepted by the edge after a heartbeat → `steering
 //! edges revoke` cuts the edge off and takes it out of routing at once.
 
 use std::path::{Path, PathBuf};
@@ -175,6 +176,22 @@ fn token_status(c: &Client, edge: &str, key: &TokenKey) -> u16 {
     c.get(format!("{edge}/t/{token}/{SEGMENT}")).send().unwrap().status().as_u16()
 }
 
+/// Sends SIGHUP to `service` (steering re-reads its config).
+fn hangup(service: &Service) {
+    // SAFETY: signalling a child this test started, by its pid.
+    assert_eq!(unsafe { libc::kill(service.pid() as libc::pid_t, libc::SIGHUP) }, 0);
+}
+
+/// The id of the key that signed the token of steering's first URL for `t1`, among `keys`.
+fn play_token_key(c: &Client, steering: &str, keys: &[&TokenKey]) -> Option<String> {
+    let r = c.get(format!("{steering}/v1/play/t1")).header("x-forwarded-for", "10.9.0.1").send().ok()?;
+    let v: Value = r.json().ok()?;
+    let url = v["urls"][0]["url"].as_str()?;
+    let token = url.split("/t/").nth(1)?.split('/').next()?;
+    let title = TitleId::new("t1").unwrap();
+    keys.iter().find(|k| vod::token::verify(&[(**k).clone()], token, &title, now_s()).is_ok()).map(|k| k.id.clone())
+}
+
 fn start_steering(cfg: &Path, logs: &Path, name: &str, listen: &str) -> Service {
     let args = vec![s("serve"), s("--config"), cfg.display().to_string(), s("--listen"), s(listen)];
     Service::start(name, &bin("steering"), &args, logs, WAIT).unwrap()
@@ -289,24 +306,45 @@ fn enroll_heartbeat_rotate_and_revoke() {
     let days: Value = c.get(format!("{st}/v1/popularity/isp-a")).send().unwrap().json().unwrap();
     assert_eq!(days["days"].as_array().map(Vec::len), Some(1), "{days}");
 
-    // Rotation: steering restarts (same address) signing with k2 and still accepting k1.
+    // Rotation without a restart: a config that does not parse changes nothing; then one signing
+    // with k2 and still accepting k1, both on SIGHUP.
+    let old_token_key = TokenKey::new("k1", old_key.1.as_bytes().to_vec());
     let new_key = TokenKey::new("k2", b"new-url-secret".to_vec());
     assert_eq!(token_status(&c, &edge.url(), &new_key), 403, "k2 accepted before the rotation");
-    let listen = steering.addr.to_string();
-    steering.stop(Duration::from_secs(5));
+    assert_eq!(play_token_key(&c, &st, &[&old_token_key, &new_key]), Some(s("k1")));
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, "token_secret = ").unwrap();
+    hangup(&steering);
+    assert!(
+        wait_until(Duration::from_secs(5), || steering.log().contains("config not reloaded")),
+        "a bad config was not refused: {}",
+        steering.log()
+    );
+    assert_eq!(play_token_key(&c, &st, &[&old_token_key, &new_key]), Some(s("k1")), "keys changed by a bad config");
+    std::fs::write(&cfg, &good).unwrap();
     steering_config(dir.path(), &origin.url(), ("k2", "new-url-secret"), &[old_key]);
-    let steering = start_steering(&cfg, &logs, "steering-rotated", &listen);
-    assert_eq!(steering.url(), st);
+    hangup(&steering);
+    assert!(
+        wait_until(Duration::from_secs(5), || play_token_key(&c, &st, &[&old_token_key, &new_key]) == Some(s("k2"))),
+        "steering still signs with k1 after SIGHUP: {}",
+        steering.log()
+    );
     assert!(
         wait_until(Duration::from_secs(10), || token_status(&c, &edge.url(), &new_key) == 200),
         "the edge never accepted the new key; edge log:\n{}",
         edge.log()
     );
-    assert_eq!(token_status(&c, &edge.url(), &TokenKey::new("k1", old_key.1.as_bytes().to_vec())), 200);
+    assert_eq!(token_status(&c, &edge.url(), &old_token_key), 200);
     assert_eq!(token_status(&c, &edge.url(), &TokenKey::new("k3", b"never".to_vec())), 403);
     assert!(edge.log().contains("URL-signing keys updated by steering"));
-    // The restarted steering knows the enrolled edge from the shared records.
+    assert!(steering.log().contains("URL-signing keys reloaded"));
+    // A restart (same address) knows the enrolled edge from the shared records.
+    let listen = steering.addr.to_string();
+    steering.stop(Duration::from_secs(5));
+    let steering = start_steering(&cfg, &logs, "steering-restarted", &listen);
+    assert_eq!(steering.url(), st);
     assert!(wait_until(Duration::from_secs(10), || routed_edges(&c, &st).contains(&s("edge-a"))));
+    assert_eq!(play_token_key(&c, &st, &[&old_token_key, &new_key]), Some(s("k2")));
 
     // Revocation: refused from the next request on, and out of routing at once.
     let (ok, out, err) = steering_cli(&["edges", "revoke", "--config", &cfg.display().to_string(), "edge-a"]);
