@@ -184,6 +184,7 @@ pub fn run() -> Result<BenchResult> {
     let edge_ram_rss = rss_kb(edge_ram.pid(), ram_dir.as_deref());
     let capped = capped_rounds(&targets, rounds, &bench)?;
     drop(targets);
+    let full = full_tier(&store, edge_ram.addr, edge_ram.pid(), ram_dir.as_deref(), ram_bytes)?;
     proxy.stop();
     for (_, n) in nginxes {
         n.stop();
@@ -237,6 +238,7 @@ pub fn run() -> Result<BenchResult> {
         "errors_in_best_runs": errors,
         "runs": Value::Object(runs),
         "cpu_capped": capped.map(|c| c.to_json()),
+        "ram_tier_full": full,
     });
     Ok(BenchResult {
         name: "edge",
@@ -407,8 +409,13 @@ fn write_segments(store: &Path) -> Result<()> {
     for p in [store.to_owned(), store.join("titles"), store.join("titles/bench"), dir.clone()] {
         set_mode(&p, 0o755)?;
     }
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    for n in 1..=OBJECTS {
+    write_objects(&dir, 1..=OBJECTS, 0x9e37_79b9_7f4a_7c15)
+}
+
+/// Objects `{n}.m4s` for each n in `numbers`, `OBJECT_BYTES` of xorshift bytes from `seed`.
+fn write_objects(dir: &Path, numbers: std::ops::RangeInclusive<usize>, seed: u64) -> Result<()> {
+    let mut state = seed;
+    for n in numbers {
         let mut bytes = Vec::with_capacity(OBJECT_BYTES);
         while bytes.len() < OBJECT_BYTES {
             state ^= state << 13;
@@ -421,6 +428,54 @@ fn write_segments(store: &Path) -> Result<()> {
         set_mode(&path, 0o644)?;
     }
     Ok(())
+}
+
+/// The RAM-hit edge's memory with its RAM tier full: 1.5x the tier's worth
+/// of new objects fetched through it (three times each, so admission takes
+/// them), then its RSS (with the bodies it holds) against the tier's size.
+/// Evicted bodies must have gone: their memfds or files would count here.
+fn full_tier(store: &Path, edge: SocketAddr, pid: u32, ram_dir: Option<&Path>, ram_bytes: u64) -> Result<Value> {
+    let dir = store.join("titles/bench/v1");
+    let count = (ram_bytes as usize / OBJECT_BYTES) * 3 / 2;
+    let numbers = OBJECTS + 1..=OBJECTS + count;
+    write_objects(&dir, numbers.clone(), 0x2545_f491_4f6c_dd1d)?;
+    let started = Instant::now();
+    for round in 0..3 {
+        for n in numbers.clone() {
+            let path = format!("/titles/bench/v1/{n}.m4s");
+            let (status, _, len) = http_get(edge, &path)?;
+            if status != 200 || len != OBJECT_BYTES {
+                bail!("filling the RAM tier, round {round}, {path}: status {status}, {len} bytes");
+            }
+        }
+    }
+    let text = http_text(edge, "/metrics")?;
+    let gauge = |name: &str| -> Option<f64> {
+        text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok())
+    };
+    let held = gauge("edge_cache_bytes{tier=\"ram\"}").context("no edge_cache_bytes{tier=\"ram\"} in /metrics")?;
+    let (anon, file, bodies) = rss_parts_kb(pid, ram_dir).context("reading the edge's memory")?;
+    let rss = anon + file + bodies;
+    let over = rss as f64 * 1024.0 / ram_bytes as f64;
+    eprintln!(
+        "xtask: RAM tier full: {count} objects fetched 3x in {:.1?}; tier holds {:.1} MiB of {:.1} MiB; \
+         RSS {:.1} MiB = {over:.3} x the tier (anonymous {anon} kB, file {file} kB, bodies {bodies} kB)",
+        started.elapsed(),
+        held / 1048576.0,
+        ram_bytes as f64 / 1048576.0,
+        rss as f64 / 1024.0
+    );
+    Ok(json!({
+        "objects_fetched": count,
+        "ram_tier_bytes": ram_bytes,
+        "ram_tier_held_bytes": held,
+        "rss_kb": rss,
+        "rss_anon_kb": anon,
+        "rss_file_kb": file,
+        "bodies_kb": bodies,
+        "rss_over_tier": over,
+        "note": "RSS as above with 1.5x the tier's worth of objects fetched through the edge; target: at most 1.10",
+    }))
 }
 
 /// Fetches every object twice; the second answer must be 200, 2 MiB, and
@@ -460,22 +515,33 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String, usize)> {
     Ok((status, head, out.len() - split - 4))
 }
 
-/// A port that was free a moment ago (bound, then released).
+/// The body of a GET as text.
+fn http_text(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n")?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").context("no header end")?;
+    Ok(String::from_utf8_lossy(&out[split + 4..]).into_owned())
+}
+
 /// CPU seconds of `pid` and its direct children (0 when it is gone).
 fn cpu_seconds(pid: u32) -> f64 {
     super::procstat::tree_cpu_seconds(pid).unwrap_or(0.0)
 }
 
+/// A port that was free a moment ago (bound, then released).
 pub(super) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Memory a process holds, in kB: resident anonymous and file pages, plus
+/// Memory a process holds, in kB: resident anonymous pages, resident file pages, and
 /// every memfd and every file in `ram_dir` it holds open, whole (the edge
 /// keeps RAM-tier bodies there and sends them with sendfile without ever
 /// touching their pages through its own mapping, so `VmRSS` alone would
 /// leave them out).
-fn rss_kb(pid: u32, ram_dir: Option<&Path>) -> Option<u64> {
+fn rss_parts_kb(pid: u32, ram_dir: Option<&Path>) -> Option<(u64, u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
         status
@@ -496,7 +562,12 @@ fn rss_kb(pid: u32, ram_dir: Option<&Path>) -> Option<u64> {
                 .sum()
         })
         .unwrap_or(0);
-    Some(field("RssAnon:")? + field("RssFile:")? + memfd_bytes / 1024)
+    Some((field("RssAnon:")?, field("RssFile:")?, memfd_bytes / 1024))
+}
+
+/// The sum of [`rss_parts_kb`].
+fn rss_kb(pid: u32, ram_dir: Option<&Path>) -> Option<u64> {
+    rss_parts_kb(pid, ram_dir).map(|(a, f, b)| a + f + b)
 }
 
 pub(super) fn nginx_version() -> String {
